@@ -1,0 +1,97 @@
+"""Weights torch <-> flax, for either side's CIFAR ResNets.
+
+The only file of the flax side that touches torch. Names map mechanically because the two
+models.py files use the same names (`layer1.0.conv1.weight` <-> `layer1_0/conv1/kernel`):
+
+    conv weight (O, I, kh, kw)   <-> kernel (kh, kw, I, O)
+    linear weight (out, in)      <-> kernel (in, out)
+    bn weight / bias             <-> scale / bias            (params)
+    bn running_mean / _var       <-> mean / var              (batch_stats)
+    bn num_batches_tracked       <-> num_batches_tracked     (batch_stats)
+
+Both directions keep the dtype of what they are given (float32 or float64), so the two are
+exact inverses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from flax import traverse_util
+
+_BN_TORCH_TO_FLAX = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+    "num_batches_tracked": ("batch_stats", "num_batches_tracked"),
+}
+_BN_FLAX_TO_TORCH = {v: k for k, v in _BN_TORCH_TO_FLAX.items()}
+
+
+def _module_to_flax(module: str) -> tuple[str, ...]:
+    # "layer1.0.conv1" -> ("layer1_0", "conv1")
+    return tuple(re.sub(r"^(layer\d+)\.(\d+)", r"\1_\2", module).split("."))
+
+
+def _module_to_torch(path: tuple[str, ...]) -> str:
+    return re.sub(r"^(layer\d+)_(\d+)", r"\1.\2", ".".join(path))
+
+
+def _is_bn(module: str) -> bool:
+    return module.split(".")[-1].startswith(("bn", "shortcut_bn"))
+
+
+def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict]:
+    """A torch CIFAR ResNet state_dict as flax variables {"params", "batch_stats"} (numpy)."""
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    for key, tensor in state_dict.items():
+        module, _, leaf = key.rpartition(".")
+        # Copies: a torch tensor's numpy view would change under the flax side when torch trains on.
+        value = tensor.detach().cpu().numpy().copy() if isinstance(tensor, torch.Tensor) else np.array(tensor)
+        path = _module_to_flax(module)
+        if _is_bn(module):
+            if leaf not in _BN_TORCH_TO_FLAX:
+                raise KeyError(f"unexpected BatchNorm entry {key!r} in the state_dict")
+            collection, name = _BN_TORCH_TO_FLAX[leaf]
+            if name == "num_batches_tracked":
+                value = value.astype(np.int32)
+            flat[(collection, *path, name)] = value
+        elif leaf == "weight" and value.ndim == 4:
+            flat[("params", *path, "kernel")] = value.transpose(2, 3, 1, 0)
+        elif leaf == "weight" and value.ndim == 2:
+            flat[("params", *path, "kernel")] = value.T
+        elif leaf == "bias":
+            flat[("params", *path, "bias")] = value
+        else:
+            raise KeyError(f"unexpected entry {key!r} of shape {value.shape} in the state_dict")
+    variables = traverse_util.unflatten_dict(flat)
+    return {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
+
+
+def flax_to_torch(variables: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":
+    """Flax variables {"params", "batch_stats"} as a torch state_dict (the inverse of torch_to_flax)."""
+    entries: dict[str, torch.Tensor] = {}
+    for collection in ("params", "batch_stats"):
+        for path, value in traverse_util.flatten_dict(dict(variables.get(collection, {}))).items():
+            value = np.asarray(value)
+            *module_path, leaf = path
+            module = _module_to_torch(tuple(module_path))
+            if (collection, leaf) in _BN_FLAX_TO_TORCH:
+                name = _BN_FLAX_TO_TORCH[(collection, leaf)]
+                if name == "num_batches_tracked":
+                    value = value.astype(np.int64)
+            elif leaf == "kernel" and value.ndim == 4:
+                name, value = "weight", value.transpose(3, 2, 0, 1)
+            elif leaf == "kernel" and value.ndim == 2:
+                name, value = "weight", value.T
+            elif leaf == "bias":
+                name = "bias"
+            else:
+                raise KeyError(f"unexpected flax variable {collection}/{'/'.join(path)}")
+            entries[f"{module}.{name}"] = torch.from_numpy(np.array(value, order="C"))
+    return OrderedDict(sorted(entries.items()))

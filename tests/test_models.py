@@ -1,0 +1,111 @@
+"""Both sides build the same networks: parameter counts, shapes, padding, BatchNorm settings, init."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import linen as nn
+
+from flax_side import models as flax_models
+from flax_side.batchnorm import BatchNorm
+from lightning_side import models as torch_models
+
+# He et al. (2016) Table 6 (0.27M ... 1.7M) and the usual CIFAR ResNet-18, counted exactly.
+PARAM_COUNTS = {
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "resnet18": 11_173_962,
+}
+
+
+def flax_variables(name, num_classes=10, seed=0):
+    model = flax_models.create_model(name, num_classes)
+    return model, model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)
+
+
+def test_both_sides_offer_the_same_models():
+    assert set(torch_models.MODEL_NAMES) == set(flax_models.MODEL_NAMES) == set(PARAM_COUNTS)
+
+
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_parameter_counts(name):
+    torch_count = sum(p.numel() for p in torch_models.create_model(name).parameters())
+    flax_count = sum(x.size for x in jax.tree.leaves(
+        jax.eval_shape(lambda: flax_variables(name)[1])["params"]))
+    assert torch_count == flax_count == PARAM_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_output_shapes(name):
+    torch_out = torch_models.create_model(name, num_classes=100).eval()(torch.zeros(2, 3, 32, 32))
+    model, variables = flax_variables(name, num_classes=100)
+    flax_out = model.apply(variables, jnp.zeros((2, 32, 32, 3)), train=False)
+    assert tuple(torch_out.shape) == flax_out.shape == (2, 100)
+
+
+def test_unknown_model_is_a_one_line_error():
+    for create in (torch_models.create_model, flax_models.create_model):
+        with pytest.raises(ValueError, match=r"resnet20, resnet32.*--model") as err:
+            create("resnet21")
+        assert "\n" not in str(err.value)
+
+
+def test_stride2_conv_padding_matches_torch():
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    conv = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+    expected = conv(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
+    kernel = conv.weight.detach().numpy().transpose(2, 3, 1, 0)
+
+    def flax_conv(padding):
+        layer = nn.Conv(8, (3, 3), 2, padding=padding, use_bias=False)
+        return np.asarray(layer.apply({"params": {"kernel": kernel}}, x.transpose(0, 2, 3, 1)))
+
+    np.testing.assert_allclose(flax_conv(flax_models.PAD_3X3), expected, rtol=1e-5, atol=1e-5)
+    # The trap this guards against: "SAME" pads (0, 1) for stride 2 and shifts every output.
+    assert np.abs(flax_conv("SAME") - expected).max() > 1e-2
+
+
+def test_batchnorm_momentum_and_epsilon_map_across_conventions():
+    bns = [m for m in torch_models.create_model("resnet20").modules()
+           if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 19 and all(m.momentum == 0.1 and m.eps == 1e-5 for m in bns)
+    assert BatchNorm.momentum == pytest.approx(1 - 0.1) and BatchNorm.epsilon == 1e-5
+
+
+def _flat(tree):
+    return {"/".join(k): np.asarray(v) for k, v in
+            __import__("flax").traverse_util.flatten_dict(tree).items()}
+
+
+def test_initialisation_scheme_is_the_same_on_both_sides():
+    """He-normal (fan_in, untruncated) convs, U(+-1/sqrt(fan_in)) classifier, zero bias, BN 1/0."""
+    torch_sd = torch_models.create_model("resnet18").state_dict()
+    flax_params = _flat(flax_variables("resnet18")[1]["params"])
+    conv_sides = {"torch": torch_sd["layer4.1.conv2.weight"].numpy(),
+                  "flax": flax_params["layer4_1/conv2/kernel"]}
+    fan_in = 512 * 3 * 3
+    for side, w in conv_sides.items():
+        std = np.sqrt(2.0 / fan_in)
+        assert w.std() == pytest.approx(std, rel=0.01), side
+        # Untruncated: a normal puts 4.55% of its mass beyond 2 sigma; a truncated one puts 0%.
+        assert np.mean(np.abs(w) > 2 * std) == pytest.approx(0.0455, abs=0.002), side
+    fc = {"torch": (torch_sd["fc.weight"].numpy(), torch_sd["fc.bias"].numpy()),
+          "flax": (flax_params["fc/kernel"], flax_params["fc/bias"])}
+    for side, (w, b) in fc.items():
+        bound = 512 ** -0.5
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound, side
+        assert w.std() == pytest.approx(bound / np.sqrt(3), rel=0.05), side
+        assert np.all(b == 0), side
+    for key, value in flax_params.items():
+        if "bn" in key:
+            assert np.all(value == (1.0 if key.endswith("scale") else 0.0)), key
+    for key, value in torch_sd.items():
+        if ".bn" in key or key.startswith("bn"):
+            if key.endswith("weight"):
+                assert torch.all(value == 1), key
+            elif key.endswith("bias"):
+                assert torch.all(value == 0), key

@@ -1,0 +1,125 @@
+"""Deterministic whole batches, the same for any number of DataLoader workers (and any world size).
+
+The DataLoader runs with `batch_size=None`: the sampler yields one key per batch, `(epoch, i)`,
+and the dataset builds batch `i` of that epoch from the key alone. Every random draw is seeded
+by the key, so no state lives in a worker that could make two workers (or two runs, or the torch
+and the flax side) disagree: the worker count changes only who computes a batch, never what it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .augment import random_crop_flip
+
+
+class EpochBatchSampler(Sampler):
+    """Yields the keys `(epoch, 0) ... (epoch, len-1)` of one epoch.
+
+    Lightning calls `set_epoch` on `dataloader.sampler` before every epoch; the flax loop does
+    the same by hand. The sampler runs in the main process, so this works with persistent workers.
+    """
+
+    def __init__(self, num_batches: int, epoch: int = 0) -> None:
+        self.num_batches = int(num_batches)
+        self.epoch = int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch  # an epoch's keys must not change if set_epoch is called mid-iteration
+        return iter([(epoch, i) for i in range(self.num_batches)])
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class BatchDataset(Dataset):
+    """Map-style dataset whose items are whole batches, addressed by `(epoch, batch_index)`.
+
+    train=True: batch i of epoch e takes `perm[i*B:(i+1)*B]` of
+    `perm = np.random.default_rng([seed, e]).permutation(n)`, drops the last partial batch (so
+    every step has the same shape, as BatchNorm and jit prefer), and is augmented with
+    `np.random.default_rng([seed, e, i])`. train=False: images in order, no augmentation, the
+    final partial batch kept so every image is evaluated exactly once; the epoch is ignored.
+
+    Sharding hook: with `world_size > 1` the GLOBAL batch is built exactly as above and rank r
+    keeps its contiguous slice `[r*b//world_size : (r+1)*b//world_size]`, so the sequence of
+    global batches (and every random draw) is identical whatever the world size. A Lightning DDP
+    run using this must pass `use_distributed_sampler=False` to the Trainer, or Lightning would
+    split the keys across ranks on top of this.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        flip: bool = True,
+        pad: int = 4,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        assert len(images) == len(labels)
+        self.images, self.labels = images, labels
+        self.batch_size = int(batch_size)
+        self.train, self.seed, self.flip, self.pad = bool(train), int(seed), bool(flip), int(pad)
+        self.rank, self.world_size = int(rank), int(world_size)
+        n = len(images)
+        self.num_batches = n // self.batch_size if self.train else -(-n // self.batch_size)
+        self._perm_epoch: int | None = None  # per-worker cache: one permutation per epoch, not per batch
+        self._perm: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._perm_epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        epoch, i = int(key[0]), int(key[1])
+        if not 0 <= i < self.num_batches:
+            raise IndexError(f"batch {i} out of range for {self.num_batches} batches")
+        start, stop = i * self.batch_size, min((i + 1) * self.batch_size, len(self.images))
+        if self.train:
+            idx = self.permutation(epoch)[start:stop]
+            images = random_crop_flip(
+                self.images[idx], np.random.default_rng([self.seed, epoch, i]), pad=self.pad, flip=self.flip
+            )
+            labels = self.labels[idx]
+        else:
+            # Copies, not views: a consumer writing into its batch must not corrupt the dataset.
+            images, labels = self.images[start:stop].copy(), self.labels[start:stop].copy()
+        if self.world_size > 1:
+            b = len(images)
+            lo, hi = self.rank * b // self.world_size, (self.rank + 1) * b // self.world_size
+            images, labels = np.ascontiguousarray(images[lo:hi]), labels[lo:hi].copy()
+        return images, labels.astype(np.int64, copy=False)
+
+
+# Collate functions for DataLoader(batch_size=None, collate_fn=...): module-level so that they
+# pickle into worker processes. They run in the worker, after the batch is built.
+
+def to_torch_nchw(batch: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B, 3, H, W) tensor -- a zero-copy channels_last view of the NHWC batch -- and int64 labels."""
+    images, labels = batch
+    return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels.astype(np.int64, copy=False))
+
+
+def to_numpy_nhwc(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (B, H, W, 3) and int32 labels, left as numpy for the flax side to put on its devices."""
+    images, labels = batch
+    return np.ascontiguousarray(images), labels.astype(np.int32)

@@ -1,0 +1,1 @@
+"""The few things both trainers share: the command-line/YAML configuration."""

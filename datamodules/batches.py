@@ -22,16 +22,24 @@ class EpochBatchSampler(Sampler):
     the same by hand. The sampler runs in the main process, so this works with persistent workers.
     """
 
-    def __init__(self, num_batches: int, epoch: int = 0) -> None:
+    def __init__(self, num_batches: int, epoch: int = 0, epoch_source=None) -> None:
         self.num_batches = int(num_batches)
         self.epoch = int(epoch)
+        # When given, a callable that says which epoch is starting; it wins over set_epoch.
+        self.epoch_source = epoch_source
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __iter__(self):
-        epoch = self.epoch  # an epoch's keys must not change if set_epoch is called mid-iteration
-        return iter([(epoch, i) for i in range(self.num_batches)])
+        # A generator: the epoch is read when the first key is drawn, not when the iterator is
+        # made (Lightning makes the first one before it restores a resumed run's progress).
+        # It is read once, so set_epoch mid-iteration cannot change an epoch's keys.
+        epoch = None
+        for i in range(self.num_batches):
+            if epoch is None:
+                epoch = int(self.epoch_source()) if self.epoch_source is not None else self.epoch
+            yield (epoch, i)
 
     def __len__(self) -> int:
         return self.num_batches

@@ -71,7 +71,7 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"batch sizes must be positive (got {batch_size}, {eval_batch_size}); fix --batch-size")
         if num_workers < 0:
             raise DataError(f"num_workers must be >= 0, got {num_workers}; fix --num-workers")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the trainers log the whole run config themselves
         self.dataset = dataset
         self.data_dir = data_dir
         self.batch_size = int(batch_size)
@@ -169,6 +169,10 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self._loaded()
         train = split == "train"
+        # Under a Trainer the epoch comes from the trainer's step count (see _trainer_epoch).
+        epoch_source = None
+        if train and collate_fn is to_torch_nchw and self.trainer is not None:
+            epoch_source = self._trainer_epoch
         images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
         dataset = BatchDataset(
             images, labels,
@@ -182,12 +186,28 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=None,  # the dataset's items already are batches
-            sampler=EpochBatchSampler(len(dataset)),
+            sampler=EpochBatchSampler(len(dataset), epoch_source=epoch_source),
             collate_fn=collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=pin_memory,
         )
+
+    def epoch_steps(self, limit_train_batches: int | float | None = None) -> int:
+        """Training steps per epoch under a Lightning-style limit (an int cap or a fraction)."""
+        steps = self.steps_per_epoch
+        if isinstance(limit_train_batches, int):
+            steps = min(steps, limit_train_batches)
+        elif limit_train_batches is not None and limit_train_batches < 1.0:
+            steps = int(steps * limit_train_batches)
+        return max(steps, 1)
+
+    def _trainer_epoch(self) -> int:
+        # The epoch about to start, counted from the optimizer steps done: Lightning's own
+        # set_epoch comes after it has made the first epoch's iterator, and passes the previous
+        # epoch to a run resumed from an end-of-epoch checkpoint; global_step is exact at every
+        # epoch boundary, and restored before the fit loop makes its iterator.
+        return self.trainer.global_step // self.epoch_steps(self.trainer.limit_train_batches)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", to_torch_nchw, torch.cuda.is_available())

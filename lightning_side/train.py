@@ -1,19 +1,139 @@
 """Train a CIFAR ResNet with the Lightning side of the harness.
 
     python lightning_side/train.py --dataset digits --epochs 10 --schedule cosine --warmup-epochs 1
+    python lightning_side/train.py --resume last            # continue the newest version
     python lightning_side/train.py --help
 
-The flags are shared with the other side (harness/config.py); runs land in
+The flags are shared with flax_side/train.py (harness/config.py); runs land in
 logs/lightning/<run-name>/version_N for `tensorboard --logdir logs`.
 """
 
-from harness.config import parse_config
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from datamodules import DataError, ImageDataModule
+from harness.config import TrainConfig, fail, parse_config
+from harness.runs import run_root, summary_line, versions
+from lightning_side.callbacks import EpochThroughput
+from lightning_side.module import ResNetModule
+from lightning_side.weights import WeightsError, load_model_state_dict
+
+SIDE = "lightning"
+KEEP_LAST = 3  # epoch checkpoints kept besides the best one
+
+
+def lightning_precision(precision: str, cuda_available: bool) -> str:
+    """The harness's --precision as Lightning's `precision` argument."""
+    if precision == "auto":
+        return "16-mixed" if cuda_available else "32-true"
+    return {"32": "32-true"}.get(precision, precision)
+
+
+def resume_checkpoint(config: TrainConfig) -> str | None:
+    """--resume last: last.ckpt of the newest version of --run-name that has one; or a path."""
+    if config.resume is None:
+        return None
+    if config.resume != "last":
+        path = Path(config.resume)
+        if not path.is_file():
+            raise WeightsError(f"{path} does not exist; give --resume a .ckpt file or 'last'")
+        return str(path)
+    for version in reversed(versions(config.logdir, SIDE, config.run_name)):
+        last = version / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+    raise WeightsError(f"no checkpoint to resume under {run_root(config.logdir, SIDE, config.run_name)}; "
+                       "check --logdir and --run-name")
+
+
+def build_trainer(config: TrainConfig, logger, callbacks) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator="auto",
+        devices=config.devices,
+        precision=lightning_precision(config.precision, torch.cuda.is_available()),
+        logger=logger,
+        callbacks=callbacks,
+        log_every_n_steps=config.log_every,
+        limit_train_batches=config.limit_train_batches or 1.0,
+        limit_val_batches=config.limit_val_batches or 1.0,
+        # The DataModule's sampler already fixes the global batch sequence for every rank.
+        use_distributed_sampler=False,
+    )
+
+
+def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
+    """Fit, test the best checkpoint, print the summary line; `callbacks` are added to the Trainer's."""
+    start = time.perf_counter()
+    ckpt_path = resume_checkpoint(config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+
+    datamodule = ImageDataModule(dataset=config.dataset, data_dir=config.data_dir,
+                                 batch_size=config.batch_size, num_workers=config.num_workers,
+                                 seed=config.seed)
+    datamodule.prepare_data()
+    datamodule.setup()
+    module = ResNetModule(
+        model=config.model, num_classes=datamodule.num_classes, lr=config.lr,
+        momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay,
+        schedule=config.schedule, milestones=tuple(config.milestones),
+        warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing,
+        mean=datamodule.mean.tolist(), std=datamodule.std.tolist())
+    if config.init_from and ckpt_path is None:
+        state_dict = load_model_state_dict(config.init_from)
+        try:
+            module.model.load_state_dict(state_dict)
+        except RuntimeError as err:
+            raise WeightsError(f"{config.init_from} does not fit {config.model} "
+                               f"({str(err).splitlines()[0]})") from None
+
+    logger = TensorBoardLogger(save_dir=str(Path(config.logdir) / SIDE), name=config.run_name,
+                               default_hp_metric=False)
+    logger.log_hyperparams(config.to_dict())
+    # Two callbacks: this Lightning refreshes save_last only when its own top-k saves, so a
+    # monitor="val/acc" callback alone would leave last.ckpt behind after an epoch that didn't improve.
+    checkpoint = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=1,
+                                 filename="best-epoch{epoch:03d}-step{step}",
+                                 auto_insert_metric_name=False)
+    latest = ModelCheckpoint(monitor="step", mode="max", save_top_k=KEEP_LAST, save_last="link",
+                             filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
+    throughput = EpochThroughput()
+    trainer = build_trainer(config, logger, [checkpoint, latest, throughput, *callbacks])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    best = checkpoint.best_model_path if Path(checkpoint.best_model_path or "/").is_file() else None
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best or latest.last_model_path,
+                        verbose=False)[0]
+    result = {
+        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None
+        else float("nan"),
+        "test_acc": float(test["test/acc"]),
+        "test_loss": float(test["test/loss"]),
+        "images_per_sec": throughput.images_per_sec,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    if trainer.is_global_zero:
+        print(summary_line(SIDE, result["best_val_acc"], result["test_acc"], result["images_per_sec"],
+                           result["wall_seconds"], logger.log_dir))
+    return result
 
 
 def main(argv=None) -> None:
-    config = parse_config("lightning", argv)
-    raise SystemExit("the Lightning trainer is not built yet; see the open trainer issue")
+    config = parse_config(SIDE, argv)
+    try:
+        train(config)
+    except (DataError, WeightsError) as err:
+        fail(str(err))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

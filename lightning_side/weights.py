@@ -1,0 +1,35 @@
+"""Reading initial weights for --init-from: a torch state_dict or a Lightning checkpoint."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used; the message is one line naming the file."""
+
+
+def load_model_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model's state_dict from a .pt/.pth state_dict or a Lightning .ckpt (keys "model.*")."""
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(
+            f"{path} is a directory (a flax checkpoint?); the Lightning side reads torch files: "
+            "a state_dict (.pt) or a Lightning checkpoint (.ckpt)")
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist; check the path given to --init-from")
+    try:
+        # weights_only: a checkpoint is data, never code to run.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path} is not a readable torch file ({reason[:200]})") from None
+    if isinstance(obj, dict) and "state_dict" in obj:  # a Lightning checkpoint
+        obj = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} holds no model state_dict (expected tensors by parameter name)")
+    return obj

@@ -1,0 +1,98 @@
+"""The Lightning trainer: a short real run, its tags, resume, parameter groups, precision."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from harness.config import parse_config
+from lightning_side.module import ResNetModule, parameter_groups
+from lightning_side.models import create_model
+from lightning_side.schedules import lr_factor_fn
+from lightning_side.train import lightning_precision, train
+from tests.tb import DESIGN_TAGS, scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
+         "--limit-val-batches", "2", "--num-workers", "2"]
+
+
+def test_short_run_writes_the_design_tag_set(tmp_path):
+    argv = QUICK + ["--epochs", "2", "--log-every", "1", "--schedule", "cosine",
+                    "--warmup-epochs", "1", "--logdir", str(tmp_path)]
+    out = subprocess.run([sys.executable, "lightning_side/train.py", *argv], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[lightning] best val/acc" in out.stdout
+    version = tmp_path / "lightning" / "resnet20-digits" / "version_0"
+    logged = scalars(version)
+    assert DESIGN_TAGS <= set(logged) and "train/loss_scale" not in logged
+    steps = [s for s, _ in logged["train/loss"]]
+    assert steps == list(range(6))  # 2 epochs x 3 batches, every step
+    factor = lr_factor_fn("cosine", epochs=2, steps_per_epoch=3, warmup_epochs=1)
+    for step, lr in logged["train/lr"]:
+        assert lr == pytest.approx(0.1 * factor(step), rel=1e-6, abs=1e-9)
+    assert [s for s, _ in logged["val/acc"]] == [2, 5]  # the last step of each epoch
+    assert (2, 0.0) in logged["epoch"] and (5, 1.0) in logged["epoch"]  # 0-based, at epoch end
+    assert (version / "checkpoints" / "last.ckpt").is_file()
+    assert (version / "hparams.yaml").read_text().count("dataset: digits") == 1
+
+
+def _final_weights(version_dir):
+    ckpt = torch.load(version_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return ckpt["state_dict"], ckpt["global_step"]
+
+
+class StopAfterFirstEpoch(L.Callback):
+    """An interruption at an epoch boundary, after that epoch's checkpoints are written."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    base = QUICK + ["--logdir", str(tmp_path), "--log-every", "1", "--epochs", "2"]
+    train(parse_config("lightning", base + ["--run-name", "straight"]))
+    train(parse_config("lightning", base + ["--run-name", "split"]), callbacks=[StopAfterFirstEpoch()])
+    assert _final_weights(tmp_path / "lightning" / "split" / "version_0")[1] == 3
+    train(parse_config("lightning", base + ["--run-name", "split", "--resume", "last"]))
+    straight, straight_steps = _final_weights(tmp_path / "lightning" / "straight" / "version_0")
+    resumed, resumed_steps = _final_weights(tmp_path / "lightning" / "split" / "version_1")
+    assert straight_steps == resumed_steps == 6
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    # The interrupted run's own folder is left as it was: the resumed run wrote a new version.
+    assert _final_weights(tmp_path / "lightning" / "split" / "version_0")[1] == 3
+
+
+def test_weight_decay_only_on_conv_and_linear_weights():
+    model = create_model("resnet20")
+    decay, no_decay = parameter_groups(model, 1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert decayed == {n for n, p in model.named_parameters() if p.ndim in (2, 4)}
+    assert "fc.weight" in decayed and "conv1.weight" in decayed
+    assert not any(".bn" in n or n.startswith("bn") or n.endswith("bias") for n in decayed)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("flag,cuda,expected", [
+    ("auto", False, "32-true"), ("auto", True, "16-mixed"), ("32", False, "32-true"),
+    ("16-mixed", True, "16-mixed"), ("bf16-mixed", False, "bf16-mixed"), ("64-true", False, "64-true"),
+])
+def test_precision_mapping(flag, cuda, expected):
+    assert lightning_precision(flag, cuda) == expected
+
+
+def test_module_normalises_uint8_on_the_device():
+    module = ResNetModule(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0))
+    images = torch.full((1, 3, 32, 32), 40, dtype=torch.uint8)
+    seen = {}
+    module.model.forward = lambda x: seen.setdefault("x", x)
+    module(images)
+    assert torch.allclose(seen["x"][0, :, 0, 0], torch.tensor([15.0, 5.0, 2.0]))

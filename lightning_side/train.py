@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DataError, ImageDataModule
 from harness.config import TrainConfig, fail, parse_config
@@ -36,6 +37,17 @@ def lightning_precision(precision: str, cuda_available: bool) -> str:
     if precision == "auto":
         return "16-mixed" if cuda_available else "32-true"
     return {"32": "32-true"}.get(precision, precision)
+
+
+def precision_arguments(precision: str) -> dict:
+    """Trainer arguments for a Lightning precision, keeping 16-mixed float16 on the CPU too.
+
+    Given precision="16-mixed" on a CPU, Lightning switches to bf16-mixed with a warning; the
+    flax side computes in float16 there, so the plugin is built by hand to stay the same experiment.
+    """
+    if precision == "16-mixed" and not torch.cuda.is_available():
+        return {"plugins": [MixedPrecision("16-mixed", device="cpu")]}
+    return {"precision": precision}
 
 
 def resume_checkpoint(config: TrainConfig) -> str | None:
@@ -60,7 +72,7 @@ def build_trainer(config: TrainConfig, logger, callbacks) -> L.Trainer:
         max_epochs=config.epochs,
         accelerator="auto",
         devices=config.devices,
-        precision=lightning_precision(config.precision, torch.cuda.is_available()),
+        **precision_arguments(lightning_precision(config.precision, torch.cuda.is_available())),
         logger=logger,
         callbacks=callbacks,
         log_every_n_steps=config.log_every,

@@ -96,3 +96,65 @@ def test_module_normalises_uint8_on_the_device():
     module.model.forward = lambda x: seen.setdefault("x", x)
     module(images)
     assert torch.allclose(seen["x"][0, :, 0, 0], torch.tensor([15.0, 5.0, 2.0]))
+
+
+class CaptureStartWeights(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "lightning_ckpt"])
+def test_init_from_starts_from_exactly_those_weights(tmp_path, kind):
+    source = create_model("resnet20", num_classes=10)
+    torch.nn.init.normal_(source.fc.weight)  # unlike any fresh initialisation
+    if kind == "state_dict":
+        path = tmp_path / "weights.pt"
+        torch.save(source.state_dict(), path)
+    else:
+        path = tmp_path / "run.ckpt"
+        torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
+                    "epoch": 3}, path)
+    capture = CaptureStartWeights()
+    argv = QUICK + ["--epochs", "1", "--limit-train-batches", "1", "--logdir", str(tmp_path),
+                    "--init-from", str(path)]
+    train(parse_config("lightning", argv), callbacks=[capture])
+    for key, value in source.state_dict().items():
+        assert torch.equal(capture.state[key], value), key
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated"])
+def test_unreadable_init_from_is_a_one_line_error(tmp_path, content, capsys):
+    from lightning_side.train import main
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(QUICK + ["--init-from", str(bad), "--logdir", str(tmp_path / "logs")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and err[0].startswith("error:")
+    assert bad.read_bytes() == content  # untouched
+
+
+def test_16_mixed_on_cpu_stays_float16_with_a_loss_scaler():
+    from lightning.pytorch.plugins import MixedPrecision
+
+    from lightning_side.train import precision_arguments
+    args = precision_arguments("16-mixed")
+    if torch.cuda.is_available():
+        assert args == {"precision": "16-mixed"}
+        return
+    (plugin,) = args["plugins"]
+    assert isinstance(plugin, MixedPrecision) and plugin.scaler is not None
+    assert plugin.scaler.get_scale() == 2.0 ** 16  # GradScaler's default, as flax's DynamicScale
+    with plugin.forward_context():
+        out = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+    assert out.dtype == torch.float16
+
+
+@pytest.mark.slow
+def test_16_mixed_run_logs_the_loss_scale(tmp_path):
+    argv = QUICK + ["--epochs", "1", "--log-every", "1", "--precision", "16-mixed",
+                    "--logdir", str(tmp_path)]
+    train(parse_config("lightning", argv))
+    logged = scalars(tmp_path / "lightning" / "resnet20-digits" / "version_0")
+    assert [v for _, v in logged["train/loss_scale"]][0] == 2.0 ** 16

@@ -15,6 +15,7 @@ exact inverses.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import OrderedDict
 from typing import Any, Mapping
@@ -95,3 +96,26 @@ def flax_to_torch(variables: Mapping[str, Any]) -> "OrderedDict[str, torch.Tenso
                 raise KeyError(f"unexpected flax variable {collection}/{'/'.join(path)}")
             entries[f"{module}.{name}"] = torch.from_numpy(np.array(value, order="C"))
     return OrderedDict(sorted(entries.items()))
+
+
+def load_torch_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
+    """The model weights in a torch file: a state_dict (.pt/.pth), or a Lightning checkpoint
+    (.ckpt, whose "state_dict" names the model's entries "model.<name>").
+
+    Loads with `weights_only=True` (no code in the file runs). Raises ValueError, with one line
+    naming the file, for anything that is not such a file.
+    """
+    try:
+        loaded = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        # The first sentence only: torch goes on to suggest weights_only=False, which would run
+        # whatever code the file holds.
+        reason = " ".join(str(err).split()).split(". ")[0][:200]
+        raise ValueError(f"{path} is not a readable torch file ({type(err).__name__}: {reason})") from None
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = {k[len("model."):]: v for k, v in loaded["state_dict"].items() if k.startswith("model.")}
+    if not isinstance(loaded, Mapping) or not loaded or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
+        raise ValueError(f"{path} holds no model state_dict (expected a mapping of names to tensors, "
+                         f"or a Lightning checkpoint with 'model.' entries)")
+    return OrderedDict(loaded)

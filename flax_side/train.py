@@ -1,18 +1,35 @@
 """Train a CIFAR ResNet with the Flax side of the harness.
 
     python flax_side/train.py --dataset digits --epochs 10 --schedule cosine --warmup-epochs 1
+    python flax_side/train.py --dataset digits --epochs 2 --devices 2     # two host devices on CPU
+    python flax_side/train.py --resume last                                # continue the newest run
     python flax_side/train.py --help
 
 The flags are shared with the other side (harness/config.py); runs land in
-logs/flax/<run-name>/version_N for `tensorboard --logdir logs`.
+logs/flax/<run-name>/version_N for `tensorboard --logdir logs`. The work is done by
+flax_side/loop.py; this file parses the flags, prepares the devices and reports errors.
 """
 
-from harness.config import parse_config
+import os
+
+from harness.config import fail, parse_config
 
 
 def main(argv=None) -> None:
     config = parse_config("flax", argv)
-    raise SystemExit("the Flax trainer is not built yet; see the open trainer issue")
+    # Host devices must be requested before JAX starts, so JAX is imported only below.
+    if config.devices > 1:
+        flag = f"--xla_force_host_platform_device_count={config.devices}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+    from datamodules import DataError
+    from flax_side.checkpoint import CheckpointError
+    from flax_side.loop import TrainingError, train_and_evaluate
+
+    try:
+        train_and_evaluate(config)
+    except (DataError, CheckpointError, TrainingError) as err:
+        fail(str(err))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""The flax side's driver, `train_and_evaluate(config) -> TrainState`, in reading order.
+
+    data -> model and state (fresh, --init-from or --resume) -> logger and checkpoints
+    -> jitted steps, compiled before the clock starts -> epochs of (train, validate, log, save)
+    -> test with the best weights -> summary line
+
+Data parallelism is `jax.sharding`: a 1-D mesh over the first --devices local devices, every
+batch split along it, the state replicated; under jit, BatchNorm statistics and gradients are
+over the global batch, so the numbers do not depend on the device count.
+
+TensorBoard, against the global step s (0-based; `state.step` counts batches, see steps.py):
+train/loss, train/acc (that batch), train/lr (the LR that batch's update used) and, under
+16-mixed, train/loss_scale at every s with (s + 1) % --log-every == 0; at the end of each epoch,
+at s = steps done - 1: val/loss, val/acc (exact means over the validation set), epoch,
+perf/epoch_seconds (the training loop only) and perf/train_images_per_sec; at the end,
+test/loss and test/acc of the best checkpoint by val/acc.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from lightning.fabric.loggers import TensorBoardLogger
+from tqdm import tqdm
+
+from datamodules import ImageDataModule
+from flax_side import checkpoint
+from flax_side.models import create_model
+from flax_side.schedules import create_schedule, optimizer_steps_per_epoch
+from flax_side.state import TrainState, create_train_state, initial_variables
+from flax_side.steps import eval_step, train_step
+from harness.config import TrainConfig, save_yaml
+from harness.runs import summary_line
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (too few devices, a diverged loss); the message is one line."""
+
+
+# precision -> (compute dtype, parameter dtype, loss scaling)
+PRECISIONS: dict[str, tuple[Any, Any, bool]] = {
+    "32": (jnp.float32, jnp.float32, False),
+    "64-true": (jnp.float64, jnp.float64, False),
+    "16-mixed": (jnp.float16, jnp.float32, True),
+    "bf16-mixed": (jnp.bfloat16, jnp.float32, False),
+}
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "16-mixed" if jax.default_backend() == "gpu" else "32"
+    return precision
+
+
+def create_mesh(num_devices: int) -> Mesh:
+    devices = jax.local_devices()
+    if len(devices) < num_devices:
+        raise TrainingError(f"--devices {num_devices}: only {len(devices)} {devices[0].platform} "
+                            f"device(s) here; lower --devices")
+    return Mesh(np.array(devices[:num_devices]), ("data",))
+
+
+def train_and_evaluate(config: TrainConfig) -> TrainState:
+    wall_start = time.perf_counter()
+    precision = resolve_precision(config.precision)
+    if precision == "64-true":
+        jax.config.update("jax_enable_x64", True)  # before any array exists
+    compute_dtype, param_dtype, loss_scaling = PRECISIONS[precision]
+    input_dtype = jnp.promote_types(param_dtype, jnp.float32)  # normalisation: float32 or float64
+    if config.resume and config.init_from:
+        raise TrainingError("--resume continues a run with its own weights; drop --init-from")
+
+    mesh = create_mesh(config.devices)
+    if config.batch_size % config.devices:
+        raise TrainingError(f"--batch-size {config.batch_size} does not split evenly over "
+                            f"--devices {config.devices}")
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    # Data: the shared DataModule, uint8 NHWC batches that depend only on (seed, epoch, index).
+    data = ImageDataModule(dataset=config.dataset, data_dir=config.data_dir,
+                           batch_size=config.batch_size, num_workers=config.num_workers,
+                           seed=config.seed)
+    data.prepare_data()
+    data.setup()
+    loaders = {split: data.numpy_dataloader(split) for split in ("train", "val", "test")}
+    steps_per_epoch = optimizer_steps_per_epoch(config, data.steps_per_epoch)
+    schedule = create_schedule(config, steps_per_epoch)
+    image_shape = data.train_images.shape[1:]
+
+    # Model and state: fresh from --seed, or --init-from weights, or everything from --resume.
+    model = create_model(config.model, data.num_classes, dtype=compute_dtype, param_dtype=param_dtype)
+    rng, init_rng = jax.random.split(jax.random.key(config.seed))
+    init = functools.partial(initial_variables, model, image_shape=image_shape)
+    make_state = functools.partial(create_train_state, model, schedule=schedule,
+                                   momentum=config.momentum, nesterov=config.nesterov,
+                                   weight_decay=config.weight_decay, loss_scaling=loss_scaling)
+    first_epoch = 0
+    if config.resume:
+        source, source_step = checkpoint.find(config.resume, config.logdir, config.run_name)
+        # Shapes, dtypes and shardings only: every value comes from the checkpoint.
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                              jax.eval_shape(lambda r: make_state(init(r)), init_rng))
+        state, rng, meta = checkpoint.restore(source, source_step, target, rng)
+        first_epoch = meta["epochs_done"]
+    else:
+        if config.init_from:
+            variables = checkpoint.load_initial_weights(config.init_from, jax.eval_shape(init, init_rng))
+        else:
+            variables = init(init_rng)
+        state = jax.device_put(make_state(variables), replicated)
+
+    # Logger and checkpoints: a new version folder every run, resumed runs included.
+    logger = TensorBoardLogger(root_dir=Path(config.logdir) / "flax", name=config.run_name,
+                               default_hp_metric=False)
+    version_dir = Path(logger.log_dir)
+    logger.log_hyperparams(config.to_dict())
+    version_dir.mkdir(parents=True, exist_ok=True)  # the logger makes it lazily
+    save_yaml(config, version_dir / "hparams.yaml")  # rerun it with --config
+    if config.resume:
+        checkpoint.carry_over(source, source_step, version_dir / checkpoint.CHECKPOINTS)
+    manager = checkpoint.create_manager(version_dir / checkpoint.CHECKPOINTS)
+
+    # Steps: static arguments bound, jitted, and compiled now, so no epoch's clock counts compiling.
+    static = dict(mean=data.mean, std=data.std, input_dtype=input_dtype,
+                  label_smoothing=config.label_smoothing)
+    images_spec = jax.ShapeDtypeStruct((config.batch_size, *image_shape), jnp.uint8, sharding=batch_sharding)
+    labels_spec = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=batch_sharding)
+    mask_spec = jax.ShapeDtypeStruct((config.batch_size,), jnp.bool_, sharding=batch_sharding)
+    p_train_step = jax.jit(functools.partial(train_step, schedule=schedule, **static),
+                           donate_argnums=0, out_shardings=replicated
+                           ).lower(state, (images_spec, labels_spec)).compile()
+    p_eval_step = jax.jit(functools.partial(eval_step, **static), out_shardings=replicated
+                          ).lower(state, (images_spec, labels_spec), mask_spec).compile()
+    evaluate_on = functools.partial(evaluate, p_eval_step, batch_size=config.batch_size,
+                                    sharding=batch_sharding)
+
+    train_seconds, train_images = 0.0, 0
+    status = "failed"
+    try:
+        for epoch in range(first_epoch, config.epochs):
+            loaders["train"].sampler.set_epoch(epoch)
+            state, seconds = train_epoch(
+                p_train_step, state, loaders["train"], epoch=epoch, steps=steps_per_epoch,
+                log_every=config.log_every, logger=logger, sharding=batch_sharding,
+                check_finite=not loss_scaling, manager=manager)
+            step = int(state.step) - 1
+            val = evaluate_on(state, loaders["val"], limit=config.limit_val_batches)
+            images = steps_per_epoch * config.batch_size
+            train_seconds, train_images = train_seconds + seconds, train_images + images
+            logger.log_metrics({"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
+                                "perf/epoch_seconds": seconds,
+                                "perf/train_images_per_sec": images / seconds}, step=step)
+            if not loss_scaling and not math.isfinite(val["loss"]):
+                raise diverged("val/loss", val["loss"], step, manager)
+            checkpoint.save(manager, state, rng, epochs_done=epoch + 1,
+                            metrics={"val/acc": val["acc"], "val/loss": val["loss"]},
+                            config=config.to_dict())
+
+        # Test with the best weights by val/acc (on a tie the earliest), logged at the step count
+        # as Lightning's trainer.test() logs it, with the epochs done as its `epoch`.
+        manager.wait_until_finished()
+        best_step = manager.best_step()
+        best_state = state
+        if best_step is not None and best_step != int(state.step):
+            best_state, _, _ = checkpoint.restore(manager.directory, best_step, state, rng)
+        test = evaluate_on(best_state, loaders["test"], limit=None)
+        logger.log_metrics({"test/loss": test["loss"], "test/acc": test["acc"], "epoch": config.epochs},
+                           step=int(state.step))
+        best_val_acc = manager.metrics(best_step)["val/acc"] if best_step is not None else math.nan
+        status = "success"
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        logger.finalize(status)
+
+    print(summary_line("flax", best_val_acc, test["acc"],
+                       train_images / train_seconds if train_seconds else 0.0,
+                       time.perf_counter() - wall_start, version_dir), flush=True)
+    return state
+
+
+def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, epoch: int,
+                steps: int, log_every: int, logger: TensorBoardLogger, sharding: NamedSharding,
+                check_finite: bool, manager: Any) -> tuple[TrainState, float]:
+    """One epoch of `steps` optimizer steps; returns the state and the loop's wall seconds.
+
+    Metrics stay on the device; the host reads them only on logging steps."""
+    first_step = int(state.step)
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True)
+    start = time.perf_counter()
+    for i, batch in zip(range(steps), loader):
+        state, metrics = p_train_step(state, jax.device_put(batch, sharding))
+        step = first_step + i
+        if (step + 1) % log_every == 0:
+            metrics = jax.device_get(metrics)
+            if check_finite and not math.isfinite(metrics["loss"]):
+                bar.close()
+                raise diverged("train/loss", metrics["loss"], step, manager)
+            # `epoch` rides along as Lightning adds it to every logged step.
+            logger.log_metrics({**{f"train/{k}": float(v) for k, v in metrics.items()}, "epoch": epoch},
+                               step=step)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+        bar.update(1)
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    bar.close()
+    return state, seconds
+
+
+def evaluate(p_eval_step: Callable, state: TrainState, loader: Iterable, *, limit: int | None,
+             batch_size: int, sharding: NamedSharding) -> dict[str, float]:
+    """Exact means over the split (or its first `limit` batches): the last, partial batch is
+    padded to the compiled batch size and masked out of the sums."""
+    totals = None
+    for i, (images, labels) in enumerate(loader):
+        if limit is not None and i == limit:
+            break
+        n = len(labels)
+        pad = batch_size - n
+        images = np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))
+        labels = np.pad(labels, (0, pad))
+        mask = np.arange(batch_size) < n
+        sums = p_eval_step(state, jax.device_put((images, labels), sharding),
+                           jax.device_put(mask, sharding))
+        totals = sums if totals is None else jax.tree.map(operator.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = int(totals["count"])
+    return {"loss": float(totals["loss_sum"]) / count, "acc": int(totals["correct"]) / count}
+
+
+def diverged(tag: str, value: float, step: int, manager: Any) -> TrainingError:
+    manager.wait_until_finished()
+    kept = (f"the last good checkpoint is {manager.directory / str(manager.latest_step())}"
+            if manager.latest_step() is not None else "no checkpoint was written")
+    return TrainingError(f"{tag} is {value} at step {step}: training diverged and stopped; "
+                         f"{kept} (try a lower --lr)")

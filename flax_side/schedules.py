@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import math
 
+import jax.numpy as jnp
 import optax
 
 from harness.config import TrainConfig
@@ -29,6 +30,17 @@ def optimizer_steps_per_epoch(config: TrainConfig, batches_per_epoch: int) -> in
 
 
 def create_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    schedule = _optax_schedule(config, steps_per_epoch)
+
+    def at_step(count):
+        # optax divides the int32 step count in float32 whatever the precision; a float count of
+        # the default float width keeps 64-true in float64 (a 1e-7 LR error derails lockstep).
+        return schedule(jnp.asarray(count, jnp.result_type(float)))
+
+    return at_step
+
+
+def _optax_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
     lr = config.lr

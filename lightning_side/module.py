@@ -51,15 +51,18 @@ class ResNetModule(L.LightningModule):
         if channels_last:  # the loader already serves channels_last views; CPU and GPU convs prefer it
             self.model = self.model.to(memory_format=torch.channels_last)
         # uint8 images are normalised here, on the device, in 0..255 units (the DataModule's stats).
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        # Kept in float64 and cast to the parameters' dtype on use, as the flax side does: rounded
+        # to float32 first, they would put a 1e-7 difference into every 64-true step.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1))
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.eval_acc = nn.ModuleDict({stage: torchmetrics.classification.MulticlassAccuracy(
             num_classes, average="micro") for stage in ("val", "test")})
         self.eval_loss = nn.ModuleDict({stage: torchmetrics.MeanMetric() for stage in ("val", "test")})
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.to(self.mean.dtype) - self.mean) / self.std
+        dtype = self.model.fc.weight.dtype  # float32, or float64 under 64-true
+        x = (images.to(dtype) - self.mean.to(dtype)) / self.std.to(dtype)
         return self.model(x)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

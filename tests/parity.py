@@ -1,0 +1,100 @@
+"""Run both train.py files in lockstep from the same weights and collect what they logged and ended with.
+
+Used by tests/test_parity.py, and by users:
+
+    python -m tests.parity                       # float64, the default recipe, 10 steps
+    python -m tests.parity --precision 32 --steps 1 --label-smoothing 0.1 --schedule cosine
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightning_side.models import create_model
+from tests.tb import scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("lightning", "flax")
+
+
+def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
+             extra: list[str] = (), seed: int = 0) -> dict:
+    """Train both sides `steps` optimizer steps (one epoch of `steps` batches) from one init."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    init = workdir / "init.pt"
+    torch.save(create_model(model, num_classes=10).state_dict(), init)
+    argv = ["--model", model, "--dataset", "digits", "--batch-size", "32", "--epochs", "1",
+            "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--log-every", "1",
+            "--precision", precision, "--init-from", str(init), "--logdir", str(workdir / "logs"),
+            "--run-name", "parity", "--seed", str(seed), *extra]
+    out = {}
+    for side in SIDES:
+        proc = subprocess.run([sys.executable, f"{side}_side/train.py", *argv], cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{side} failed:\n{proc.stderr[-4000:]}")
+        version = workdir / "logs" / side / "parity" / "version_0"
+        out[side] = {"scalars": scalars(version), "weights": final_weights(side, version)}
+    return out
+
+
+def final_weights(side: str, version: Path) -> dict[str, np.ndarray]:
+    """The model's state_dict (torch names) at the end of training, as float64 numpy."""
+    if side == "lightning":
+        ckpt = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    else:
+        import jax
+
+        from flax_side.checkpoint import _flax_variables
+        from flax_side.convert import flax_to_torch
+        with jax.enable_x64(True):
+            steps = sorted(int(p.name) for p in (version / "checkpoints").iterdir() if p.name.isdigit())
+            state = flax_to_torch(_flax_variables(version / "checkpoints" / str(steps[-1])))
+    return {k: v.double().numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def relative_differences(result: dict) -> dict[str, float]:
+    """Largest relative differences between the sides: per-step train loss, val loss, weights."""
+    a, b = (result[side]["scalars"] for side in SIDES)
+    loss_a = np.array([v for _, v in a["train/loss"]])
+    loss_b = np.array([v for _, v in b["train/loss"]])
+    if len(loss_a) != len(loss_b):
+        raise AssertionError(f"logged {len(loss_a)} vs {len(loss_b)} train steps")
+    wa, wb = (result[side]["weights"] for side in SIDES)
+    if wa.keys() != wb.keys():
+        raise AssertionError(f"different weights: {sorted(set(wa) ^ set(wb))[:5]}")
+    return {
+        "train/loss (worst step)": float(np.max(np.abs(loss_a - loss_b) / np.abs(loss_a))),
+        "val/loss": abs(a["val/loss"][-1][1] - b["val/loss"][-1][1]) / abs(a["val/loss"][-1][1]),
+        "weights": max(float(np.abs(wa[k] - wb[k]).max() / max(np.abs(wa[k]).max(), 1e-30))
+                       for k in wa if "running" not in k),
+        # One number for all parameters: fp32 noise swamps a tiny tensor's own scale after one step
+        # (a BatchNorm bias starts at 0), never the whole model's.
+        "weights (global)": float(np.sqrt(sum(((wa[k] - wb[k]) ** 2).sum() for k in wa if "running" not in k)
+                                          / sum((wa[k] ** 2).sum() for k in wa if "running" not in k))),
+        "batch statistics": max(float(np.abs(wa[k] - wb[k]).max() / max(np.abs(wa[k]).max(), 1e-30))
+                                for k in wa if "running" in k),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--precision", default="64-true")
+    parser.add_argument("--workdir", type=Path, default=Path("logs/parity"))
+    args, extra = parser.parse_known_args()
+    result = lockstep(args.workdir, steps=args.steps, precision=args.precision, extra=extra)
+    for name, value in relative_differences(result).items():
+        print(f"{name:>24}: {value:.2e}")
+
+
+if __name__ == "__main__":
+    main()

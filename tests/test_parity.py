@@ -1,0 +1,45 @@
+"""The two sides are one experiment: lockstep training from the same weights.
+
+float64 (`--precision 64-true`) keeps rounding near 1e-9 over these steps, while every recipe
+mistake DESIGN.md lists shows at 1e-5 or more; in fp32 only the first step is compared tightly.
+Run by hand with `python -m tests.parity` (see tests/parity.py).
+"""
+
+import pytest
+
+from tests.parity import lockstep, relative_differences
+
+VARIANTS = {
+    "default recipe": [],  # multistep (LR /10 at steps 5 and 8 of 10), Nesterov, weight decay
+    "label smoothing": ["--label-smoothing", "0.1"],
+    "cosine with warm-up": ["--schedule", "cosine", "--warmup-epochs", "0.3"],
+    "onecycle": ["--schedule", "onecycle"],
+}
+
+
+def _check_float64(tmp_path, extra):
+    diffs = relative_differences(lockstep(tmp_path, steps=10, precision="64-true", extra=extra))
+    # 1e-6 is what survives TensorBoard's float32 storage of the losses.
+    assert diffs["train/loss (worst step)"] <= 1e-6, diffs
+    assert diffs["val/loss"] <= 1e-5, diffs  # after 10 steps of BatchNorm running statistics
+    assert diffs["weights"] <= 1e-6, diffs
+    assert diffs["batch statistics"] <= 1e-6, diffs
+
+
+def test_float64_lockstep_default_recipe(tmp_path):
+    _check_float64(tmp_path, VARIANTS["default recipe"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "default recipe"])
+def test_float64_lockstep_variants(tmp_path, variant):
+    _check_float64(tmp_path, VARIANTS[variant])
+
+
+def test_fp32_first_step_agrees(tmp_path):
+    diffs = relative_differences(lockstep(tmp_path, steps=1, precision="32"))
+    assert diffs["train/loss (worst step)"] <= 1e-5, diffs
+    assert diffs["weights (global)"] <= 1e-5, diffs
+    # The running statistics, through the eval-mode forward pass they feed (per tensor they are
+    # checked in float64 above; after one fp32 step a near-zero mean is all rounding).
+    assert diffs["val/loss"] <= 1e-5, diffs

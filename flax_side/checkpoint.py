@@ -33,6 +33,7 @@ from harness.runs import versions
 
 KEEP_LAST = 3
 CHECKPOINTS = "checkpoints"
+TORCH_EXPORTS = "torch_weights"
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
@@ -76,6 +77,23 @@ def save(manager: ocp.CheckpointManager, state: TrainState, rng: jax.Array, *, e
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_items(state, rng)),
                                                meta=ocp.args.JsonSave(meta)),
                  metrics={**metrics, "step": step})
+    export_torch_weights(manager, state, step)
+
+
+def export_torch_weights(manager: ocp.CheckpointManager, state: TrainState, step: int) -> None:
+    """A torch state_dict of the weights beside each kept checkpoint, in <version>/torch_weights/.
+
+    The Lightning side imports no JAX, so this copy is what lets its --init-from start from a
+    flax checkpoint. Files of checkpoints the manager has let go are removed with them."""
+    from flax_side import convert  # the one module of this side that imports torch
+
+    exports = Path(manager.directory).parent / TORCH_EXPORTS
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    convert.save_torch_state_dict(variables, exports / f"{step}.pt")
+    kept = set(manager.all_steps()) | {step}
+    for path in exports.glob("*.pt"):
+        if path.stem.isdigit() and int(path.stem) not in kept:
+            path.unlink()
 
 
 # --------------------------------------------------------------------------- resuming

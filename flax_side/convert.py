@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -119,3 +120,14 @@ def load_torch_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Te
         raise ValueError(f"{path} holds no model state_dict (expected a mapping of names to tensors, "
                          f"or a Lightning checkpoint with 'model.' entries)")
     return OrderedDict(loaded)
+
+
+def save_torch_state_dict(variables: Mapping[str, Any], path: str | Path) -> None:
+    """Write flax variables as a torch state_dict file, readable by the Lightning side's --init-from.
+
+    Written to a temporary name and renamed, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(flax_to_torch(variables), tmp)
+    tmp.replace(path)

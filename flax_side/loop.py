@@ -39,7 +39,7 @@ from flax_side.schedules import create_schedule, optimizer_steps_per_epoch
 from flax_side.state import TrainState, create_train_state, initial_variables
 from flax_side.steps import eval_step, train_step
 from harness.config import TrainConfig, save_yaml
-from harness.runs import summary_line
+from harness.runs import host_peak_memory_mb, summary_line
 
 
 class TrainingError(Exception):
@@ -159,7 +159,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
             train_seconds, train_images = train_seconds + seconds, train_images + images
             logger.log_metrics({"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
                                 "perf/epoch_seconds": seconds,
-                                "perf/train_images_per_sec": images / seconds}, step=step)
+                                "perf/train_images_per_sec": images / seconds,
+                                "perf/peak_memory_mb": peak_memory_mb()}, step=step)
             if not loss_scaling and not math.isfinite(val["loss"]):
                 raise diverged("val/loss", val["loss"], step, manager)
             checkpoint.save(manager, state, rng, epochs_done=epoch + 1,
@@ -187,6 +188,14 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                        train_images / train_seconds if train_seconds else 0.0,
                        time.perf_counter() - wall_start, version_dir), flush=True)
     return state
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of the training device: XLA's allocator on a GPU, the process's RSS on a CPU."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return host_peak_memory_mb()
 
 
 def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, epoch: int,

@@ -26,3 +26,10 @@ def summary_line(side: str, best_val_acc: float, test_acc: float, images_per_sec
     """The one line both trainers print at the end, so the two sides read alike."""
     return (f"[{side}] best val/acc {best_val_acc:.4f} | test/acc {test_acc:.4f} | "
             f"{images_per_sec:,.0f} train images/s | wall {wall_seconds:.1f} s | {version_dir}")
+
+
+def host_peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MB (the CPU's perf/peak_memory_mb)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -1,4 +1,4 @@
-"""Lightning callbacks that write the perf/* tags of DESIGN.md's tag set."""
+"""Lightning callbacks that write the perf/* tags of DESIGN.md's tag set (and perf/peak_memory_mb)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import time
 
 import lightning as L
 import torch
+
+from harness.runs import host_peak_memory_mb
+
+
+def peak_memory_mb(trainer: L.Trainer) -> float:
+    """Peak memory of the training device: CUDA's allocator on a GPU, the process's RSS on a CPU."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return host_peak_memory_mb()
 
 
 class EpochThroughput(L.Callback):
@@ -50,7 +60,8 @@ class EpochThroughput(L.Callback):
         if trainer.is_global_zero and trainer.logger is not None:
             # At the epoch's last step, where Lightning puts val/* too.
             trainer.logger.log_metrics({"perf/train_images_per_sec": self._images / self._seconds,
-                                        "perf/epoch_seconds": self._seconds},
+                                        "perf/epoch_seconds": self._seconds,
+                                        "perf/peak_memory_mb": peak_memory_mb(trainer)},
                                        step=trainer.global_step - 1)
 
     @property

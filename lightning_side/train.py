@@ -120,11 +120,12 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
                              filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
     throughput = EpochThroughput()
     trainer = build_trainer(config, logger, [checkpoint, latest, throughput, *callbacks])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only: a checkpoint is data, never code to run.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     best = checkpoint.best_model_path if Path(checkpoint.best_model_path or "/").is_file() else None
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best or latest.last_model_path,
-                        verbose=False)[0]
+                        verbose=False, weights_only=True)[0]
     result = {
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None
         else float("nan"),

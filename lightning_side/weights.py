@@ -17,9 +17,7 @@ def load_model_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The model's state_dict from a .pt/.pth state_dict or a Lightning .ckpt (keys "model.*")."""
     path = Path(path)
     if path.is_dir():
-        raise WeightsError(
-            f"{path} is a directory (a flax checkpoint?); the Lightning side reads torch files: "
-            "a state_dict (.pt) or a Lightning checkpoint (.ckpt)")
+        path = flax_export(path)
     if not path.is_file():
         raise WeightsError(f"{path} does not exist; check the path given to --init-from")
     try:
@@ -33,3 +31,23 @@ def load_model_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} holds no model state_dict (expected tensors by parameter name)")
     return obj
+
+
+# The flax side writes a torch copy of each kept checkpoint's weights to <version>/torch_weights/.
+FLAX_EXPORTS = "torch_weights"
+
+
+def flax_export(path: Path) -> Path:
+    """The torch copy of a flax checkpoint: for a version or checkpoints folder the newest one,
+    for a step folder (checkpoints/<step>) that step's."""
+    if path.name.isdigit() and path.parent.name == "checkpoints":
+        exact = path.parent.parent / FLAX_EXPORTS / f"{path.name}.pt"
+        if exact.is_file():
+            return exact
+        raise WeightsError(f"{path} has no torch copy at {exact}; give a .pt/.ckpt file instead")
+    version = path.parent if path.name == "checkpoints" else path
+    exports = [p for p in (version / FLAX_EXPORTS).glob("*.pt") if p.stem.isdigit()]
+    if not exports:
+        raise WeightsError(f"{path} is a folder without flax checkpoint weights ({FLAX_EXPORTS}/*.pt); "
+                           "give a state_dict (.pt), a Lightning .ckpt or a flax run's folder")
+    return max(exports, key=lambda p: int(p.stem))

@@ -158,3 +158,18 @@ def test_16_mixed_run_logs_the_loss_scale(tmp_path):
     train(parse_config("lightning", argv))
     logged = scalars(tmp_path / "lightning" / "resnet20-digits" / "version_0")
     assert [v for _, v in logged["train/loss_scale"]][0] == 2.0 ** 16
+
+
+def test_init_from_a_flax_run_folder(tmp_path):
+    """The flax side leaves a torch copy of its weights; the Lightning side starts from it."""
+    argv = QUICK + ["--epochs", "1", "--limit-train-batches", "2", "--logdir", str(tmp_path)]
+    out = subprocess.run([sys.executable, "flax_side/train.py", *argv], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    flax_version = tmp_path / "flax" / "resnet20-digits" / "version_0"
+    exported = torch.load(flax_version / "torch_weights" / "2.pt", weights_only=True)
+    for given in (flax_version, flax_version / "checkpoints", flax_version / "checkpoints" / "2"):
+        capture = CaptureStartWeights()
+        train(parse_config("lightning", argv + ["--init-from", str(given)]), callbacks=[capture])
+        for key, value in exported.items():
+            assert torch.equal(capture.state[key], value), (given, key)

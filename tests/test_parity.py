@@ -43,3 +43,14 @@ def test_fp32_first_step_agrees(tmp_path):
     # The running statistics, through the eval-mode forward pass they feed (per tensor they are
     # checked in float64 above; after one fp32 step a near-zero mean is all rounding).
     assert diffs["val/loss"] <= 1e-5, diffs
+
+
+@pytest.mark.slow
+def test_fp32_whole_runs_agree_on_average(tmp_path):
+    """digits, 10 epochs, cosine, 3 seeds per side: mean test/acc within 1 point."""
+    from tests.statistical import seed_runs
+
+    results = seed_runs(tmp_path)
+    means = {side: sum(r["test/acc"]) / len(r["test/acc"]) for side, r in results.items()}
+    assert abs(means["lightning"] - means["flax"]) <= 0.01, results
+    assert min(means.values()) >= 0.95, results

@@ -1,0 +1,78 @@
+"""DESIGN.md's tag contract, checked the way a user sees it: through a real TensorBoard server."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.tb import DESIGN_TAGS
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ["--dataset", "digits", "--batch-size", "32", "--epochs", "2", "--limit-train-batches", "3",
+       "--limit-val-batches", "2", "--log-every", "2", "--run-name", "contract"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(base: str, path: str, **query):
+    url = f"{base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture
+def tensorboard(tmp_path):
+    logdir = tmp_path / "logs"
+    for side in ("lightning", "flax"):
+        out = subprocess.run([sys.executable, f"{side}_side/train.py", *RUN, "--logdir", str(logdir)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast", "false", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # until the server is up and has read both runs
+            try:
+                runs = get_json(base, "/data/plugin/scalars/tags")
+                if len(runs) == 2 and all(DESIGN_TAGS <= set(tags) for tags in runs.values()):
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"tensorboard did not serve both runs: {server.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+        yield base, runs
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_both_runs_list_the_same_tags_over_the_same_steps(tensorboard):
+    base, runs = tensorboard
+    assert set(runs) == {"lightning/contract/version_0", "flax/contract/version_0"}
+    lightning, flax = runs["lightning/contract/version_0"], runs["flax/contract/version_0"]
+    assert set(lightning) == set(flax)
+    assert DESIGN_TAGS <= set(lightning) and "train/loss_scale" not in lightning
+    for tag in lightning:
+        steps = {}
+        for run in runs:
+            points = get_json(base, "/data/plugin/scalars/scalars", run=run, tag=tag)
+            steps[run] = sorted({step for _, step, _ in points})
+        assert steps["lightning/contract/version_0"] == steps["flax/contract/version_0"], tag
+    # log every 2 steps (Lightning's rule: steps 1, 3, 5), epochs end at steps 2 and 5, test at 6
+    train = get_json(base, "/data/plugin/scalars/scalars", run="flax/contract/version_0", tag="train/loss")
+    assert [step for _, step, _ in train] == [1, 3, 5]

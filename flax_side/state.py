@@ -50,6 +50,18 @@ def initial_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, 
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
+GRADSCALER_GROWTH_INTERVAL = 2000  # torch.amp.GradScaler's default
+
+
+def dynamic_scale_interval(gradscaler_interval: int) -> int:
+    """DynamicScale's growth_interval that grows the scale on the same step as GradScaler's.
+
+    GradScaler doubles the scale on its `interval`-th finite step in a row; DynamicScale compares
+    its count of earlier finite steps with the interval before counting the current one, so it
+    would double one step later."""
+    return gradscaler_interval - 1
+
+
 def create_train_state(model: nn.Module, variables: dict, *, schedule: optax.Schedule,
                        momentum: float, nesterov: bool, weight_decay: float,
                        loss_scaling: bool) -> TrainState:
@@ -59,7 +71,8 @@ def create_train_state(model: nn.Module, variables: dict, *, schedule: optax.Sch
     dynamic_scale = None
     if loss_scaling:
         # Arrays, not Python numbers: the state keeps one pytree type from step to step (no retrace).
-        dynamic_scale = DynamicScale(growth_factor=2.0, backoff_factor=0.5, growth_interval=2000,
+        dynamic_scale = DynamicScale(growth_factor=2.0, backoff_factor=0.5,
+                                     growth_interval=dynamic_scale_interval(GRADSCALER_GROWTH_INTERVAL),
                                      fin_steps=jnp.zeros((), jnp.int32),
                                      scale=jnp.asarray(2.0 ** 16, jnp.float32))
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,

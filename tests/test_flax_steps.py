@@ -169,3 +169,28 @@ def test_init_from_the_wrong_model_is_a_one_line_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(CheckpointError, match="notes.txt"):
         load_initial_weights(tmp_path / "notes.txt", abstract_variables())
+
+
+def test_dynamic_scale_grows_and_backs_off_on_the_same_steps_as_torch_gradscaler():
+    import torch
+    from flax.training.dynamic_scale import DynamicScale
+
+    from flax_side.state import dynamic_scale_interval
+
+    interval = 3
+    finite = [True] * 7 + [False] + [True] * 4 + [False, False] + [True] * 5
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=interval)
+    param = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([param], lr=0.0)
+    dyn = DynamicScale(growth_interval=dynamic_scale_interval(interval), scale=8.0)
+    torch_scales, flax_scales = [], []
+    for ok in finite:
+        optimizer.zero_grad()
+        scaler.scale((param * (1.0 if ok else float("inf"))).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        torch_scales.append(scaler.get_scale())
+        dyn, _, _, _ = dyn.value_and_grad(lambda p: (p * (1.0 if ok else jnp.inf)).sum())(jnp.ones(1))
+        flax_scales.append(float(dyn.scale))
+    assert flax_scales == torch_scales
+    assert len(set(torch_scales)) > 2  # it did grow and back off

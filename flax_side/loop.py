@@ -12,8 +12,9 @@ TensorBoard, against the global step s (0-based; `state.step` counts batches, se
 train/loss, train/acc (that batch), train/lr (the LR that batch's update used) and, under
 16-mixed, train/loss_scale at every s with (s + 1) % --log-every == 0; at the end of each epoch,
 at s = steps done - 1: val/loss, val/acc (exact means over the validation set), epoch,
-perf/epoch_seconds (the training loop only) and perf/train_images_per_sec; at the end,
-test/loss and test/acc of the best checkpoint by val/acc.
+perf/epoch_seconds (the training loop only), perf/train_images_per_sec and perf/peak_memory_mb;
+at the end, at s = steps done (as Lightning's trainer.test()), test/loss and test/acc of the best
+checkpoint by val/acc. `epoch` rides along with every logged step, as Lightning writes it.
 """
 
 from __future__ import annotations

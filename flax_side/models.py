@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flax_side.batchnorm import BatchNorm
+from harness.architectures import ARCHITECTURES, MODEL_NAMES, unknown_model_message
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # untruncated normal
 dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
@@ -89,23 +90,13 @@ class CifarResNet(nn.Module):
         return x
 
 
-# name -> (stage widths, blocks per stage, shortcut option); the same table as the torch side.
-ARCHITECTURES: dict[str, tuple[tuple[int, ...], int, str]] = {
-    "resnet20": ((16, 32, 64), 3, "A"),
-    "resnet32": ((16, 32, 64), 5, "A"),
-    "resnet44": ((16, 32, 64), 7, "A"),
-    "resnet56": ((16, 32, 64), 9, "A"),
-    "resnet110": ((16, 32, 64), 18, "A"),
-    "resnet18": ((64, 128, 256, 512), 2, "B"),
-}
-MODEL_NAMES = tuple(ARCHITECTURES)
 
 
 def create_model(name: str, num_classes: int = 10, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32) -> CifarResNet:
     """A CIFAR ResNet applied as `model.apply(variables, x_nhwc, train=..., mutable=...)`."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} with --model")
+        raise ValueError(unknown_model_message(name))
     widths, blocks, shortcut = ARCHITECTURES[name]
     return CifarResNet(widths, (blocks,) * len(widths), shortcut, num_classes,
                        dtype=dtype, param_dtype=param_dtype)

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 import yaml
 
 from datamodules.sources import DATASETS
+from harness.architectures import MODEL_NAMES
 
-MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet18")
+MODELS = MODEL_NAMES
 SCHEDULES = ("multistep", "cosine", "onecycle")
 PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed", "64-true")
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.architectures import ARCHITECTURES, MODEL_NAMES, unknown_model_message
+
 # torch's momentum is the weight of the new batch statistic; flax's is the decay of the old one
 # (flax momentum 0.9 == torch momentum 0.1).
 BN_MOMENTUM = 0.1
@@ -101,21 +103,11 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-# name -> (stage widths, blocks per stage, shortcut option)
-ARCHITECTURES: dict[str, tuple[tuple[int, ...], int | tuple[int, ...], str]] = {
-    "resnet20": ((16, 32, 64), 3, "A"),
-    "resnet32": ((16, 32, 64), 5, "A"),
-    "resnet44": ((16, 32, 64), 7, "A"),
-    "resnet56": ((16, 32, 64), 9, "A"),
-    "resnet110": ((16, 32, 64), 18, "A"),
-    "resnet18": ((64, 128, 256, 512), 2, "B"),
-}
-MODEL_NAMES = tuple(ARCHITECTURES)
 
 
 def create_model(name: str, num_classes: int = 10) -> CifarResNet:
     """A freshly initialised CIFAR ResNet taking NCHW float input."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)} with --model")
+        raise ValueError(unknown_model_message(name))
     widths, blocks, shortcut = ARCHITECTURES[name]
     return CifarResNet(widths, blocks, shortcut, num_classes)

@@ -88,6 +88,9 @@ class ImageDataModule(L.LightningDataModule):
             sources.prepare(self.dataset, self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        # Under a multi-process Trainer (DDP) each rank serves its slice of every global batch.
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self.shard(self.trainer.global_rank, self.trainer.world_size)
         if self._source is not None:  # Lightning calls setup for fit, then again for test
             return
         kw = {}

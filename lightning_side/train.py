@@ -78,8 +78,11 @@ def build_trainer(config: TrainConfig, logger, callbacks) -> L.Trainer:
         log_every_n_steps=config.log_every,
         limit_train_batches=config.limit_train_batches or 1.0,
         limit_val_batches=config.limit_val_batches or 1.0,
-        # The DataModule's sampler already fixes the global batch sequence for every rank.
+        # The DataModule's sampler already fixes the global batch sequence for every rank, and
+        # hands each rank its slice. BatchNorm statistics are over the global batch, as in flax,
+        # where torch can: its SyncBatchNorm runs on GPUs only (CPU DDP normalises per rank).
         use_distributed_sampler=False,
+        sync_batchnorm=config.devices > 1 and torch.cuda.is_available(),
     )
 
 

@@ -251,6 +251,6 @@ def evaluate(p_eval_step: Callable, state: TrainState, loader: Iterable, *, limi
 def diverged(tag: str, value: float, step: int, manager: Any) -> TrainingError:
     manager.wait_until_finished()
     kept = (f"the last good checkpoint is {manager.directory / str(manager.latest_step())}"
-            if manager.latest_step() is not None else "no checkpoint was written")
+            if manager.latest_step() is not None else "no checkpoint had been written yet")
     return TrainingError(f"{tag} is {value} at step {step}: training diverged and stopped; "
                          f"{kept} (try a lower --lr)")

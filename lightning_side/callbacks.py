@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import lightning as L
@@ -67,3 +68,34 @@ class EpochThroughput(L.Callback):
     @property
     def images_per_sec(self) -> float:
         return self.total_images / self.total_seconds if self.total_seconds else float("nan")
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (a diverged loss); the message is one line."""
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stops a diverged run at the first logging step whose loss is not finite.
+
+    Checked on logging steps only, as the flax side does, so no other step waits for the device.
+    Skipped under 16-mixed, where the loss scaler handles non-finite steps. The exception leaves
+    the checkpoints alone: the last good one is what the message names.
+    """
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every = log_every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step - 1  # this batch's step: the optimizer has stepped
+        if (step + 1) % self.log_every or getattr(trainer.precision_plugin, "scaler", None):
+            return
+        loss = float(outputs["loss"])
+        if not math.isfinite(loss):
+            raise TrainingError(f"train/loss is {loss} at step {step}: training diverged and stopped; "
+                                f"{_last_good(trainer)} (try a lower --lr)")
+
+
+def _last_good(trainer: L.Trainer) -> str:
+    paths = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
+    paths = [p for p in paths if p]
+    return f"the last good checkpoint is {paths[-1]}" if paths else "no checkpoint had been written yet"

@@ -24,7 +24,7 @@ from lightning.pytorch.plugins import MixedPrecision
 from datamodules import DataError, ImageDataModule
 from harness.config import TrainConfig, fail, parse_config
 from harness.runs import run_root, summary_line, versions
-from lightning_side.callbacks import EpochThroughput
+from lightning_side.callbacks import EpochThroughput, StopOnNonFiniteLoss, TrainingError
 from lightning_side.module import ResNetModule
 from lightning_side.weights import WeightsError, load_model_state_dict
 
@@ -122,7 +122,8 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
     latest = ModelCheckpoint(monitor="step", mode="max", save_top_k=KEEP_LAST, save_last="link",
                              filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
     throughput = EpochThroughput()
-    trainer = build_trainer(config, logger, [checkpoint, latest, throughput, *callbacks])
+    trainer = build_trainer(config, logger, [checkpoint, latest, throughput,
+                                             StopOnNonFiniteLoss(config.log_every), *callbacks])
     # weights_only: a checkpoint is data, never code to run.
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
@@ -147,7 +148,7 @@ def main(argv=None) -> None:
     config = parse_config(SIDE, argv)
     try:
         train(config)
-    except (DataError, WeightsError) as err:
+    except (DataError, WeightsError, TrainingError) as err:
         fail(str(err))
 
 

@@ -1,0 +1,51 @@
+"""SIGKILL a run mid-training, then --resume last: it ends where an uninterrupted run ends."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.parity import final_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGV = ["--dataset", "digits", "--epochs", "3", "--limit-train-batches", "8", "--batch-size", "32",
+        "--limit-val-batches", "1", "--log-every", "1"]
+
+
+def first_checkpoint_written(side: str, version: Path) -> bool:
+    if side == "lightning":
+        return any((version / "checkpoints").glob("epoch000-*.ckpt"))
+    return (version / "checkpoints" / "8" / "state").is_dir()  # Orbax renames it in when complete
+
+
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, side):
+    script = [sys.executable, f"{side}_side/train.py", *ARGV, "--logdir", str(tmp_path)]
+    straight = subprocess.run([*script, "--run-name", "straight"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = subprocess.Popen([*script, "--run-name", "killed"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / side / "killed" / "version_0"
+    deadline = time.monotonic() + 300
+    while not first_checkpoint_written(side, first):
+        assert killed.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+
+    resumed = subprocess.run([*script, "--run-name", "killed", "--resume", "last"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = final_weights(side, tmp_path / side / "straight" / "version_0")
+    b = final_weights(side, tmp_path / side / "killed" / "version_1")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -16,30 +16,34 @@ from .augment import random_crop_flip
 
 
 class EpochBatchSampler(Sampler):
-    """Yields the keys `(epoch, 0) ... (epoch, len-1)` of one epoch.
+    """Yields the keys `(epoch, start) ... (epoch, len-1)` of one epoch (start is usually 0).
 
     Lightning calls `set_epoch` on `dataloader.sampler` before every epoch; the flax loop does
-    the same by hand. The sampler runs in the main process, so this works with persistent workers.
+    the same by hand, with `start` > 0 when it resumes from a checkpoint written mid-epoch. The
+    sampler runs in the main process, so this works with persistent workers.
     """
 
-    def __init__(self, num_batches: int, epoch: int = 0, epoch_source=None) -> None:
+    def __init__(self, num_batches: int, epoch: int = 0, position_source=None) -> None:
         self.num_batches = int(num_batches)
         self.epoch = int(epoch)
-        # When given, a callable that says which epoch is starting; it wins over set_epoch.
-        self.epoch_source = epoch_source
+        self.start = 0
+        # When given, a callable returning (epoch, first batch) of the epoch about to be iterated;
+        # it wins over set_epoch.
+        self.position_source = position_source
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
 
     def __iter__(self):
-        # A generator: the epoch is read when the first key is drawn, not when the iterator is
+        # A generator: the position is read when the first key is drawn, not when the iterator is
         # made (Lightning makes the first one before it restores a resumed run's progress).
         # It is read once, so set_epoch mid-iteration cannot change an epoch's keys.
-        epoch = None
-        for i in range(self.num_batches):
-            if epoch is None:
-                epoch = int(self.epoch_source()) if self.epoch_source is not None else self.epoch
-            yield (epoch, i)
+        if self.position_source is not None:
+            epoch, start = self.position_source()
+        else:
+            epoch, start = self.epoch, self.start
+        for i in range(int(start), self.num_batches):
+            yield (int(epoch), i)
 
     def __len__(self) -> int:
         return self.num_batches

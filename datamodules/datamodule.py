@@ -172,10 +172,10 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self._loaded()
         train = split == "train"
-        # Under a Trainer the epoch comes from the trainer's step count (see _trainer_epoch).
-        epoch_source = None
+        # Under a Trainer the position comes from the trainer's step count (see _trainer_position).
+        position_source = None
         if train and collate_fn is to_torch_nchw and self.trainer is not None:
-            epoch_source = self._trainer_epoch
+            position_source = self._trainer_position
         images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
         dataset = BatchDataset(
             images, labels,
@@ -189,7 +189,7 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=None,  # the dataset's items already are batches
-            sampler=EpochBatchSampler(len(dataset), epoch_source=epoch_source),
+            sampler=EpochBatchSampler(len(dataset), position_source=position_source),
             collate_fn=collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -205,12 +205,14 @@ class ImageDataModule(L.LightningDataModule):
             steps = int(steps * limit_train_batches)
         return max(steps, 1)
 
-    def _trainer_epoch(self) -> int:
-        # The epoch about to start, counted from the optimizer steps done: Lightning's own
-        # set_epoch comes after it has made the first epoch's iterator, and passes the previous
-        # epoch to a run resumed from an end-of-epoch checkpoint; global_step is exact at every
-        # epoch boundary, and restored before the fit loop makes its iterator.
-        return self.trainer.global_step // self.epoch_steps(self.trainer.limit_train_batches)
+    def _trainer_position(self) -> tuple[int, int]:
+        # (epoch, first batch) of the epoch about to start, from the optimizer steps done.
+        # Lightning makes the first epoch's iterator before it restores a resumed run's progress,
+        # and its set_epoch is one epoch behind after an end-of-epoch checkpoint; global_step is
+        # restored before the fit loop draws a batch. A checkpoint written mid-epoch (Ctrl-C)
+        # resumes at the batch after the last one trained.
+        per_epoch = self.epoch_steps(self.trainer.limit_train_batches)
+        return divmod(self.trainer.global_step, per_epoch)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", to_torch_nchw, torch.cuda.is_available())

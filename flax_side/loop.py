@@ -22,6 +22,8 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -45,6 +47,37 @@ from harness.runs import host_peak_memory_mb, summary_line
 
 class TrainingError(Exception):
     """A run that cannot go on (too few devices, a diverged loss); the message is one line."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the run stopped after writing a checkpoint; the message says how to go on."""
+
+
+class StopRequest:
+    """Turns the first Ctrl-C into a request that the loop honours between two steps.
+
+    A KeyboardInterrupt could land between a jitted step's return and the assignment of its
+    result, when the donated old state is already gone; a flag checked after each step never
+    loses a state. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # precision -> (compute dtype, parameter dtype, loss scaling)
@@ -149,14 +182,26 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
     status = "failed"
     try:
         for epoch in range(first_epoch, config.epochs):
-            loaders["train"].sampler.set_epoch(epoch)
-            state, seconds = train_epoch(
-                p_train_step, state, loaders["train"], epoch=epoch, steps=steps_per_epoch,
-                log_every=config.log_every, logger=logger, sharding=batch_sharding,
-                check_finite=not loss_scaling, manager=manager)
+            # Past 0 only in the first epoch of a run resumed from a Ctrl-C checkpoint.
+            first_batch = int(state.step) - epoch * steps_per_epoch
+            loaders["train"].sampler.set_epoch(epoch, first_batch)
+            with StopRequest() as stop:
+                state, seconds = train_epoch(
+                    p_train_step, state, loaders["train"], epoch=epoch,
+                    steps=steps_per_epoch - first_batch, log_every=config.log_every, logger=logger,
+                    sharding=batch_sharding, check_finite=not loss_scaling, manager=manager, stop=stop)
+            if stop.requested:
+                # A mid-epoch checkpoint, never the best (val/acc -1), that --resume continues
+                # with the epoch's next batch.
+                checkpoint.save(manager, state, rng, epochs_done=epoch,
+                                metrics={"val/acc": -1.0, "val/loss": -1.0}, config=config.to_dict())
+                manager.wait_until_finished()
+                raise Interrupted(f"interrupted at step {int(state.step)}; the checkpoint is "
+                                  f"{manager.directory / str(int(state.step))}; continue with "
+                                  f"--resume last --run-name {config.run_name}")
             step = int(state.step) - 1
             val = evaluate_on(state, loaders["val"], limit=config.limit_val_batches)
-            images = steps_per_epoch * config.batch_size
+            images = (steps_per_epoch - first_batch) * config.batch_size
             train_seconds, train_images = train_seconds + seconds, train_images + images
             logger.log_metrics({"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
                                 "perf/epoch_seconds": seconds,
@@ -201,7 +246,8 @@ def peak_memory_mb() -> float:
 
 def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, epoch: int,
                 steps: int, log_every: int, logger: TensorBoardLogger, sharding: NamedSharding,
-                check_finite: bool, manager: Any) -> tuple[TrainState, float]:
+                check_finite: bool, manager: Any,
+                stop: "StopRequest | None" = None) -> tuple[TrainState, float]:
     """One epoch of `steps` optimizer steps; returns the state and the loop's wall seconds.
 
     Metrics stay on the device; the host reads them only on logging steps."""
@@ -221,6 +267,8 @@ def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, 
                                step=step)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
         bar.update(1)
+        if stop is not None and stop.requested:
+            break
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     bar.close()

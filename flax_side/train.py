@@ -24,12 +24,14 @@ def main(argv=None) -> None:
 
     from datamodules import DataError
     from flax_side.checkpoint import CheckpointError
-    from flax_side.loop import TrainingError, train_and_evaluate
+    from flax_side.loop import Interrupted, TrainingError, train_and_evaluate
 
     try:
         train_and_evaluate(config)
     except (DataError, CheckpointError, TrainingError) as err:
         fail(str(err))
+    except Interrupted as err:
+        fail(str(err), code=130)  # the shell's code for a run ended by SIGINT
 
 
 if __name__ == "__main__":

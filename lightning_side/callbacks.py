@@ -7,6 +7,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from harness.runs import host_peak_memory_mb
 
@@ -99,3 +100,19 @@ def _last_good(trainer: L.Trainer) -> str:
     paths = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
     paths = [p for p in paths if p]
     return f"the last good checkpoint is {paths[-1]}" if paths else "no checkpoint had been written yet"
+
+
+class LatestCheckpoints(ModelCheckpoint):
+    """The newest epoch checkpoints and `last.ckpt`; on Ctrl-C, one more at the step reached.
+
+    Lightning's `save_on_exception` would also save after any error, a diverged run's NaN weights
+    included; only an interrupt is saved here. A run resumed from that checkpoint continues with
+    the next batch of the interrupted epoch (the DataModule reads its position from global_step).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(save_on_exception=True, **kwargs)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            super().on_exception(trainer, pl_module, exception)

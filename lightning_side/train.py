@@ -24,7 +24,8 @@ from lightning.pytorch.plugins import MixedPrecision
 from datamodules import DataError, ImageDataModule
 from harness.config import TrainConfig, fail, parse_config
 from harness.runs import run_root, summary_line, versions
-from lightning_side.callbacks import EpochThroughput, StopOnNonFiniteLoss, TrainingError
+from lightning_side.callbacks import (EpochThroughput, LatestCheckpoints, StopOnNonFiniteLoss,
+                                      TrainingError)
 from lightning_side.module import ResNetModule
 from lightning_side.weights import WeightsError, load_model_state_dict
 
@@ -119,13 +120,20 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
     checkpoint = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=1,
                                  filename="best-epoch{epoch:03d}-step{step}",
                                  auto_insert_metric_name=False)
-    latest = ModelCheckpoint(monitor="step", mode="max", save_top_k=KEEP_LAST, save_last="link",
-                             filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
+    latest = LatestCheckpoints(monitor="step", mode="max", save_top_k=KEEP_LAST, save_last="link",
+                               filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
     throughput = EpochThroughput()
     trainer = build_trainer(config, logger, [checkpoint, latest, throughput,
                                              StopOnNonFiniteLoss(config.log_every), *callbacks])
     # weights_only: a checkpoint is data, never code to run.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:  # Lightning's own ending after Ctrl-C, once its callbacks have run
+        if not trainer.interrupted:
+            raise
+        raise Interrupted(f"interrupted at step {trainer.global_step}; the checkpoint is "
+                          f"{latest.last_model_path or 'not written'}; continue with --resume last "
+                          f"--run-name {config.run_name}") from None
 
     best = checkpoint.best_model_path if Path(checkpoint.best_model_path or "/").is_file() else None
     test = trainer.test(module, datamodule=datamodule, ckpt_path=best or latest.last_model_path,
@@ -144,12 +152,18 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
     return result
 
 
+class Interrupted(Exception):
+    """Ctrl-C: the run stopped after writing a checkpoint; the message says how to go on."""
+
+
 def main(argv=None) -> None:
     config = parse_config(SIDE, argv)
     try:
         train(config)
     except (DataError, WeightsError, TrainingError) as err:
         fail(str(err))
+    except Interrupted as err:
+        fail(str(err), code=130)  # the shell's code for a run ended by SIGINT
 
 
 if __name__ == "__main__":

@@ -173,3 +173,34 @@ def test_init_from_a_flax_run_folder(tmp_path):
         train(parse_config("lightning", argv + ["--init-from", str(given)]), callbacks=[capture])
         for key, value in exported.items():
             assert torch.equal(capture.state[key], value), (given, key)
+
+
+class InterruptAtStep(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_path):
+    import signal
+
+    from lightning_side.train import Interrupted
+    base = QUICK + ["--logdir", str(tmp_path), "--log-every", "1", "--epochs", "2"]
+    train(parse_config("lightning", base + ["--run-name", "straight"]))
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(Interrupted, match="interrupted at step 4.*--resume last"):
+            train(parse_config("lightning", base + ["--run-name", "split"]),
+                  callbacks=[InterruptAtStep(4)])  # after the first of epoch 1's 3 batches
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it stops
+    assert _final_weights(tmp_path / "lightning" / "split" / "version_0")[1] == 4
+    train(parse_config("lightning", base + ["--run-name", "split", "--resume", "last"]))
+    straight, _ = _final_weights(tmp_path / "lightning" / "straight" / "version_0")
+    resumed, steps = _final_weights(tmp_path / "lightning" / "split" / "version_1")
+    assert steps == 6
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key

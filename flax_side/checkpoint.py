@@ -110,6 +110,9 @@ def find(resume: str, logdir: str | Path, run_name: str) -> tuple[Path, int]:
         raise CheckpointError(f"--resume last: no checkpoint of run {run_name!r} under "
                               f"{Path(logdir) / 'flax' / run_name}; check --run-name and --logdir")
     path = Path(resume)
+    if path.is_file():
+        raise CheckpointError(f"--resume {path}: a file; the flax side resumes from its own "
+                              f"checkpoint folders (a version, checkpoints or step folder), or 'last'")
     if not path.is_dir():
         raise CheckpointError(f"--resume {path}: no such folder; give a checkpoints folder, "
                               f"a step folder inside one, or 'last'")

@@ -10,6 +10,7 @@ logs/lightning/<run-name>/version_N for `tensorboard --logdir logs`.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,20 +53,54 @@ def precision_arguments(precision: str) -> dict:
 
 
 def resume_checkpoint(config: TrainConfig) -> str | None:
-    """--resume last: last.ckpt of the newest version of --run-name that has one; or a path."""
+    """The checkpoint --resume names: a .ckpt path, or for 'last' the newest complete checkpoint
+    of the newest version of --run-name that has one.
+
+    Lightning writes a checkpoint in place, so a run killed while saving leaves a truncated
+    file; 'last' passes over such files to the newest one that loads."""
     if config.resume is None:
         return None
     if config.resume != "last":
         path = Path(config.resume)
+        if path.is_dir():
+            raise WeightsError(f"{path} is a folder; --resume on the Lightning side takes a .ckpt "
+                               "file of a Lightning run, or 'last'")
         if not path.is_file():
             raise WeightsError(f"{path} does not exist; give --resume a .ckpt file or 'last'")
+        check_resumable(path)
         return str(path)
     for version in reversed(versions(config.logdir, SIDE, config.run_name)):
-        last = version / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            return str(last)
-    raise WeightsError(f"no checkpoint to resume under {run_root(config.logdir, SIDE, config.run_name)}; "
-                       "check --logdir and --run-name")
+        for candidate in _newest_first(version / "checkpoints"):
+            try:
+                check_resumable(candidate)
+            except WeightsError:
+                continue
+            return str(candidate)
+    raise WeightsError(f"no complete checkpoint to resume under "
+                       f"{run_root(config.logdir, SIDE, config.run_name)}; check --logdir and --run-name")
+
+
+def _newest_first(directory: Path) -> list[Path]:
+    """last.ckpt, then the epoch and best checkpoints by their global step, newest first."""
+    def step(path: Path) -> int:
+        found = re.search(r"step(\d+)", path.name)
+        return int(found.group(1)) if found else -1
+
+    others = sorted((p for p in directory.glob("*.ckpt") if p.name != "last.ckpt"), key=step, reverse=True)
+    last = directory / "last.ckpt"
+    return ([last] if last.is_file() else []) + others
+
+
+def check_resumable(path: Path) -> None:
+    """A one-line WeightsError unless `path` is a whole Lightning checkpoint."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise WeightsError(f"{path} is not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(checkpoint, dict) or "loops" not in checkpoint or "state_dict" not in checkpoint:
+        raise WeightsError(f"{path} is not a Lightning training checkpoint (no loop state to resume); "
+                           "use it with --init-from instead")
 
 
 def build_trainer(config: TrainConfig, logger, callbacks) -> L.Trainer:

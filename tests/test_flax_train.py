@@ -145,3 +145,17 @@ def test_a_diverged_fp32_run_stops_with_one_line_and_saves_nothing_bad(tmp_path)
                                                          "--logdir", str(tmp_path)]))
     assert "\n" not in str(err.value) and "no checkpoint had been written yet" in str(err.value)
     assert not any((tmp_path / "flax" / "resnet20-digits" / "version_0" / "checkpoints").iterdir())
+
+
+def test_resume_last_passes_over_a_save_cut_short_by_a_kill(tmp_path):
+    """Orbax writes a step into a temporary folder and renames it when complete: a kill during
+    the save leaves only the temporary folder, which --resume last must not pick."""
+    argv = QUICK + ["--epochs", "1", "--logdir", str(tmp_path)]
+    train_and_evaluate(parse_config("flax", argv))
+    checkpoints = tmp_path / "flax" / "resnet20-digits" / "version_0" / "checkpoints"
+    (steps,) = [p.name for p in checkpoints.iterdir() if p.name.isdigit()]
+    partial = checkpoints / f"{int(steps) + 5}.orbax-checkpoint-tmp-1234567890"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "half-written").write_bytes(b"\0" * 10)
+    directory, step = checkpoint.find("last", tmp_path, "resnet20-digits")
+    assert (directory, step) == (checkpoints, int(steps))

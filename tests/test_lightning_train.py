@@ -204,3 +204,39 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_path):
     assert steps == 6
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_resume_last_passes_over_a_checkpoint_truncated_by_a_kill(tmp_path):
+    from lightning_side.train import resume_checkpoint
+    base = QUICK + ["--logdir", str(tmp_path), "--epochs", "2"]
+    train(parse_config("lightning", base))
+    checkpoints = tmp_path / "lightning" / "resnet20-digits" / "version_0" / "checkpoints"
+    newest = (checkpoints / "last.ckpt").resolve()
+    newest.write_bytes(newest.read_bytes()[:1000])  # what a kill during the save leaves
+    picked = Path(resume_checkpoint(parse_config("lightning", base + ["--resume", "last"])))
+    assert picked != newest and picked.name != "last.ckpt"
+    assert "step3" in picked.name  # the previous epoch's checkpoint, complete
+
+
+@pytest.mark.parametrize("make", ["truncated", "empty", "state_dict only", "flax folder"])
+def test_unusable_resume_path_is_a_one_line_error(tmp_path, make, capsys):
+    from lightning_side.train import main
+    path = tmp_path / "bad.ckpt"
+    if make == "truncated":
+        torch.save({"state_dict": {}, "loops": {}}, path)
+        path.write_bytes(path.read_bytes()[:50])
+    elif make == "empty":
+        path.write_bytes(b"")
+    elif make == "state_dict only":
+        torch.save(create_model("resnet20").state_dict(), path)
+    else:
+        path = tmp_path / "checkpoints"
+        path.mkdir()
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(SystemExit) as exit_info:
+        main(QUICK + ["--resume", str(path), "--logdir", str(tmp_path / "logs")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0]
+    assert before is None or path.read_bytes() == before
+    assert not (tmp_path / "logs").exists()

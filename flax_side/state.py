@@ -84,3 +84,11 @@ def create_train_state(model: nn.Module, variables: dict, *, schedule: optax.Sch
 def learning_rate(state: TrainState, schedule: optax.Schedule) -> jax.Array:
     """The LR the next update will use: the schedule at optax's own update count."""
     return schedule(optax.tree_utils.tree_get(state.opt_state, "count"))
+
+
+def skipped_steps(state: TrainState) -> jax.Array:
+    """Steps whose update was skipped (16-mixed overflow): batches seen minus updates applied.
+
+    optax's count does not advance on a skipped step while `state.step` does, so the count needs
+    no state of its own and survives a resume with the checkpoint."""
+    return state.step - optax.tree_utils.tree_get(state.opt_state, "count")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flax_side.state import TrainState, learning_rate
+from flax_side.state import TrainState, learning_rate, skipped_steps
 
 Batch = tuple[jax.Array, jax.Array]  # uint8 (B, H, W, C) images, int32 (B,) labels
 
@@ -72,6 +72,7 @@ def train_step(state: TrainState, batch: Batch, *, mean: np.ndarray, std: np.nda
             batch_stats=keep_if_skipped(new_state.batch_stats, state.batch_stats),
             dynamic_scale=dynamic_scale)
         metrics["loss_scale"] = state.dynamic_scale.scale  # the scale this step used, as Lightning logs it
+        metrics["skipped_steps"] = skipped_steps(new_state)  # so far, this step included
     return new_state, metrics
 
 

@@ -116,3 +116,44 @@ class LatestCheckpoints(ModelCheckpoint):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
             super().on_exception(trainer, pl_module, exception)
+
+
+class SkippedSteps(L.Callback):
+    """train/skipped_steps under 16-mixed: optimizer steps the GradScaler skipped on overflow.
+
+    A skipped step lowers the scale; the comparison stays on the device (no sync per step) and
+    is read on logging steps only. The count is part of the checkpoint, so it survives a resume.
+    """
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every = log_every
+        self.skipped = 0
+        self._device_count = None
+        self._scale_before = None
+
+    def _scaler(self, trainer):
+        return getattr(trainer.precision_plugin, "scaler", None)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        scaler = self._scaler(trainer)
+        if scaler is not None:  # its scale tensor is made on the first step: the initial scale till then
+            self._scale_before = (scaler._scale.detach().clone() if scaler._scale is not None
+                                  else torch.tensor(scaler.get_scale()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        scaler = self._scaler(trainer)
+        if scaler is None or self._scale_before is None:
+            return
+        lowered = (scaler._scale < self._scale_before.to(scaler._scale.device)).to(torch.int64)
+        self._device_count = lowered if self._device_count is None else self._device_count + lowered
+        step = trainer.global_step - 1
+        if (step + 1) % self.log_every == 0 and trainer.logger is not None:
+            skipped = self.skipped + int(self._device_count)
+            pl_module.log("train/skipped_steps", float(skipped), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict:
+        total = self.skipped + (int(self._device_count) if self._device_count is not None else 0)
+        return {"skipped": total}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped, self._device_count = int(state_dict["skipped"]), None

@@ -25,8 +25,8 @@ from lightning.pytorch.plugins import MixedPrecision
 from datamodules import DataError, ImageDataModule
 from harness.config import TrainConfig, fail, parse_config
 from harness.runs import run_root, summary_line, versions
-from lightning_side.callbacks import (EpochThroughput, LatestCheckpoints, StopOnNonFiniteLoss,
-                                      TrainingError)
+from lightning_side.callbacks import (EpochThroughput, LatestCheckpoints, SkippedSteps,
+                                      StopOnNonFiniteLoss, TrainingError)
 from lightning_side.module import ResNetModule
 from lightning_side.weights import WeightsError, load_model_state_dict
 
@@ -159,7 +159,8 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
                                filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
     throughput = EpochThroughput()
     trainer = build_trainer(config, logger, [checkpoint, latest, throughput,
-                                             StopOnNonFiniteLoss(config.log_every), *callbacks])
+                                             StopOnNonFiniteLoss(config.log_every),
+                                             SkippedSteps(config.log_every), *callbacks])
     # weights_only: a checkpoint is data, never code to run.
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -121,12 +121,14 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale():
     assert float(state.dynamic_scale.scale) == 2.0 ** 99  # stored back, halved
     assert float(metrics["loss_scale"]) == 2.0 ** 100  # the scale this step used
     assert int(state.dynamic_scale.fin_steps) == 0
+    assert int(metrics["skipped_steps"]) == 1  # train/skipped_steps
 
     state = state.replace(dynamic_scale=state.dynamic_scale.replace(scale=jnp.float32(2.0 ** 16)))
     state, metrics = step(state, batch)  # a normal step goes through
     assert np.isfinite(float(metrics["loss"]))
     assert int(state.step) == 2 and int(optax.tree_utils.tree_get(state.opt_state, "count")) == 1
     assert float(state.dynamic_scale.scale) == 2.0 ** 16 and int(state.dynamic_scale.fin_steps) == 1
+    assert int(metrics["skipped_steps"]) == 1  # still the one
     assert not np.array_equal(jax.device_get(state.params["fc"]["kernel"]), before["params"]["fc"]["kernel"])
 
 

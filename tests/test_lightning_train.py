@@ -240,3 +240,18 @@ def test_unusable_resume_path_is_a_one_line_error(tmp_path, make, capsys):
     assert len(err) == 1 and str(path) in err[0]
     assert before is None or path.read_bytes() == before
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_skipped_steps_are_counted_under_16_mixed(tmp_path):
+    """GradScaler's first scale (2**16) overflows float16 gradients here: skipped steps count."""
+    argv = QUICK + ["--epochs", "1", "--limit-train-batches", "4", "--batch-size", "16",
+                    "--log-every", "1", "--precision", "16-mixed", "--logdir", str(tmp_path)]
+    train(parse_config("lightning", argv))
+    logged = scalars(tmp_path / "lightning" / "resnet20-digits" / "version_0")
+    skipped = dict(logged["train/skipped_steps"])
+    scales = dict(logged["train/loss_scale"])
+    assert sorted(skipped) == [0, 1, 2, 3]
+    for step in range(3):  # each halving of the scale is one more skipped step
+        halvings = sum(scales[s + 1] < scales[s] for s in range(step + 1))
+        assert skipped[step] == halvings, (skipped, scales)

@@ -57,3 +57,25 @@ def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, side, how):
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_checkpoints_on_disk_stay_bounded(tmp_path, side):
+    """Six epochs leave the last 3 epoch checkpoints and the best one, no more."""
+    argv = ["--dataset", "digits", "--epochs", "6", "--limit-train-batches", "1", "--batch-size", "32",
+            "--limit-val-batches", "1", "--logdir", str(tmp_path)]
+    out = subprocess.run([sys.executable, f"{side}_side/train.py", *argv], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    version = tmp_path / side / "resnet20-digits" / "version_0"
+    if side == "lightning":
+        files = sorted(p.name for p in (version / "checkpoints").iterdir())
+        epochs = [f for f in files if f.startswith("epoch")]
+        best = [f for f in files if f.startswith("best")]
+        assert epochs == ["epoch003-step4.ckpt", "epoch004-step5.ckpt", "epoch005-step6.ckpt"], files
+        assert len(best) == 1 and "last.ckpt" in files and len(files) == 5, files
+    else:
+        steps = sorted(int(p.name) for p in (version / "checkpoints").iterdir() if p.name.isdigit())
+        assert steps[-3:] == [4, 5, 6] and len(steps) <= 4, steps
+        exports = sorted(int(p.stem) for p in (version / "torch_weights").glob("*.pt"))
+        assert exports == steps

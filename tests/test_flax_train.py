@@ -159,3 +159,22 @@ def test_resume_last_passes_over_a_save_cut_short_by_a_kill(tmp_path):
     (partial / "state" / "half-written").write_bytes(b"\0" * 10)
     directory, step = checkpoint.find("last", tmp_path, "resnet20-digits")
     assert (directory, step) == (checkpoints, int(steps))
+
+
+@pytest.mark.parametrize("make", ["lightning checkpoint", "empty folder", "corrupt step"])
+def test_unusable_resume_path_is_a_one_line_error(tmp_path, make):
+    if make == "lightning checkpoint":
+        path = tmp_path / "last.ckpt"
+        torch.save({"state_dict": {}, "loops": {}}, path)
+    elif make == "empty folder":
+        path = tmp_path / "checkpoints"
+        path.mkdir()
+    else:
+        path = tmp_path / "checkpoints"
+        (path / "7" / "state").mkdir(parents=True)
+        (path / "7" / "state" / "_METADATA").write_text("{ not json")
+    code, _, stderr = finish(run_cli(*QUICK, "--resume", str(path), "--logdir", str(tmp_path / "logs")))
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and str(path) in errors[0], stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "logs").exists()

@@ -66,7 +66,9 @@ def create_manager(directory: str | Path, create: bool = True) -> ocp.Checkpoint
 def _items(state: TrainState, rng: jax.Array) -> dict[str, Any]:
     return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
             "opt_state": state.opt_state, "dynamic_scale": state.dynamic_scale,
-            "rng": jax.random.key_data(rng)}
+            # numpy: the key lives on one device of each process, which Orbax cannot save
+            # with several processes; it is the same on all of them.
+            "rng": np.asarray(jax.random.key_data(rng))}
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, rng: jax.Array, *, epochs_done: int,
@@ -77,7 +79,8 @@ def save(manager: ocp.CheckpointManager, state: TrainState, rng: jax.Array, *, e
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_items(state, rng)),
                                                meta=ocp.args.JsonSave(meta)),
                  metrics={**metrics, "step": step})
-    export_torch_weights(manager, state, step)
+    if jax.process_index() == 0:  # every process holds the same replicated weights
+        export_torch_weights(manager, state, step)
 
 
 def export_torch_weights(manager: ocp.CheckpointManager, state: TrainState, step: int) -> None:

@@ -31,8 +31,10 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lightning.fabric.loggers import TensorBoardLogger
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from tqdm import tqdm
 
 from datamodules import ImageDataModule
@@ -70,6 +72,17 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
 
+    def agreed(self, at_log_step: bool) -> bool:
+        """Whether to stop after this step. With several processes all must stop at the same
+        step, or the others would wait forever in the next step's collectives: they agree on
+        logging steps, where the host reads the metrics anyway."""
+        if jax.process_count() == 1:
+            return self.requested
+        if not at_log_step:
+            return False
+        self.requested = bool(multihost_utils.process_allgather(np.int32(self.requested)).any())
+        return self.requested
+
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -96,11 +109,21 @@ def resolve_precision(precision: str) -> str:
 
 
 def create_mesh(num_devices: int) -> Mesh:
-    devices = jax.local_devices()
-    if len(devices) < num_devices:
-        raise TrainingError(f"--devices {num_devices}: only {len(devices)} {devices[0].platform} "
+    """A 1-D mesh over the first `num_devices` local devices of every process, process 0's first:
+    the rows of a global batch follow that order, so process p holds the DataModule's shard p."""
+    local = jax.local_devices()
+    if len(local) < num_devices:
+        raise TrainingError(f"--devices {num_devices}: only {len(local)} {local[0].platform} "
                             f"device(s) here; lower --devices")
-    return Mesh(np.array(devices[:num_devices]), ("data",))
+    devices = [d for p in range(jax.process_count())
+               for d in sorted((d for d in jax.devices() if d.process_index == p),
+                               key=lambda d: d.id)[:num_devices]]
+    return Mesh(np.array(devices), ("data",))
+
+
+def global_batch(local: Any, sharding: NamedSharding) -> Any:
+    """One global array per leaf from this process's rows of it (all of them in one process)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 
 def train_and_evaluate(config: TrainConfig) -> TrainState:
@@ -114,9 +137,9 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
         raise TrainingError("--resume continues a run with its own weights; drop --init-from")
 
     mesh = create_mesh(config.devices)
-    if config.batch_size % config.devices:
-        raise TrainingError(f"--batch-size {config.batch_size} does not split evenly over "
-                            f"--devices {config.devices}")
+    processes, process = jax.process_count(), jax.process_index()
+    lead = process == 0  # the one process that writes TensorBoard, hparams.yaml and prints
+    rank_zero_only.rank = process  # the logger's own switch: it writes on rank 0 only
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
 
@@ -126,6 +149,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                            seed=config.seed)
     data.prepare_data()
     data.setup()
+    if processes > 1:
+        data.shard(process, processes)  # each process loads its rows of every global batch
     loaders = {split: data.numpy_dataloader(split) for split in ("train", "val", "test")}
     steps_per_epoch = optimizer_steps_per_epoch(config, data.steps_per_epoch)
     schedule = create_schedule(config, steps_per_epoch)
@@ -154,14 +179,22 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
         state = jax.device_put(make_state(variables), replicated)
 
     # Logger and checkpoints: a new version folder every run, resumed runs included.
+    # With several processes, process 0 picks the version and tells the others.
     logger = TensorBoardLogger(root_dir=Path(config.logdir) / "flax", name=config.run_name,
                                default_hp_metric=False)
+    if processes > 1:
+        version = multihost_utils.broadcast_one_to_all(np.int32(logger.version if lead else 0))
+        logger = TensorBoardLogger(root_dir=Path(config.logdir) / "flax", name=config.run_name,
+                                   version=int(version), default_hp_metric=False)
     version_dir = Path(logger.log_dir)
     logger.log_hyperparams(config.to_dict())
-    version_dir.mkdir(parents=True, exist_ok=True)  # the logger makes it lazily
-    save_yaml(config, version_dir / "hparams.yaml")  # rerun it with --config
-    if config.resume:
-        checkpoint.carry_over(source, source_step, version_dir / checkpoint.CHECKPOINTS)
+    if lead:
+        version_dir.mkdir(parents=True, exist_ok=True)  # the logger makes it lazily
+        save_yaml(config, version_dir / "hparams.yaml")  # rerun it with --config
+        if config.resume:
+            checkpoint.carry_over(source, source_step, version_dir / checkpoint.CHECKPOINTS)
+    if processes > 1:
+        multihost_utils.sync_global_devices("run folder ready")
     manager = checkpoint.create_manager(version_dir / checkpoint.CHECKPOINTS)
 
     # Steps: static arguments bound, jitted, and compiled now, so no epoch's clock counts compiling.
@@ -175,7 +208,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                            ).lower(state, (images_spec, labels_spec)).compile()
     p_eval_step = jax.jit(functools.partial(eval_step, **static), out_shardings=replicated
                           ).lower(state, (images_spec, labels_spec), mask_spec).compile()
-    evaluate_on = functools.partial(evaluate, p_eval_step, batch_size=config.batch_size,
+    evaluate_on = functools.partial(evaluate, p_eval_step, batch_size=config.batch_size // processes,
                                     sharding=batch_sharding)
 
     train_seconds, train_images = 0.0, 0
@@ -189,7 +222,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                 state, seconds = train_epoch(
                     p_train_step, state, loaders["train"], epoch=epoch,
                     steps=steps_per_epoch - first_batch, log_every=config.log_every, logger=logger,
-                    sharding=batch_sharding, check_finite=not loss_scaling, manager=manager, stop=stop)
+                    sharding=batch_sharding, check_finite=not loss_scaling, manager=manager, stop=stop,
+                    progress_bar=lead)
             if stop.requested:
                 # A mid-epoch checkpoint, never the best (val/acc -1), that --resume continues
                 # with the epoch's next batch.
@@ -230,9 +264,10 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
         manager.close()
         logger.finalize(status)
 
-    print(summary_line("flax", best_val_acc, test["acc"],
-                       train_images / train_seconds if train_seconds else 0.0,
-                       time.perf_counter() - wall_start, version_dir), flush=True)
+    if lead:
+        print(summary_line("flax", best_val_acc, test["acc"],
+                           train_images / train_seconds if train_seconds else 0.0,
+                           time.perf_counter() - wall_start, version_dir), flush=True)
     return state
 
 
@@ -246,18 +281,20 @@ def peak_memory_mb() -> float:
 
 def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, epoch: int,
                 steps: int, log_every: int, logger: TensorBoardLogger, sharding: NamedSharding,
-                check_finite: bool, manager: Any,
-                stop: "StopRequest | None" = None) -> tuple[TrainState, float]:
+                check_finite: bool, manager: Any, stop: "StopRequest | None" = None,
+                progress_bar: bool = True) -> tuple[TrainState, float]:
     """One epoch of `steps` optimizer steps; returns the state and the loop's wall seconds.
 
     Metrics stay on the device; the host reads them only on logging steps."""
     first_step = int(state.step)
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
+               disable=not progress_bar)
     start = time.perf_counter()
     for i, batch in zip(range(steps), loader):
-        state, metrics = p_train_step(state, jax.device_put(batch, sharding))
+        state, metrics = p_train_step(state, global_batch(batch, sharding))
         step = first_step + i
-        if (step + 1) % log_every == 0:
+        log_step = (step + 1) % log_every == 0
+        if log_step:
             metrics = jax.device_get(metrics)
             if check_finite and not math.isfinite(metrics["loss"]):
                 bar.close()
@@ -267,7 +304,7 @@ def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, 
                                step=step)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
         bar.update(1)
-        if stop is not None and stop.requested:
+        if stop is not None and stop.agreed(at_log_step=log_step):
             break
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
@@ -278,7 +315,7 @@ def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, 
 def evaluate(p_eval_step: Callable, state: TrainState, loader: Iterable, *, limit: int | None,
              batch_size: int, sharding: NamedSharding) -> dict[str, float]:
     """Exact means over the split (or its first `limit` batches): the last, partial batch is
-    padded to the compiled batch size and masked out of the sums."""
+    padded to the compiled batch size (`batch_size`: this process's rows) and masked out of the sums."""
     totals = None
     for i, (images, labels) in enumerate(loader):
         if limit is not None and i == limit:
@@ -288,8 +325,7 @@ def evaluate(p_eval_step: Callable, state: TrainState, loader: Iterable, *, limi
         images = np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))
         labels = np.pad(labels, (0, pad))
         mask = np.arange(batch_size) < n
-        sums = p_eval_step(state, jax.device_put((images, labels), sharding),
-                           jax.device_put(mask, sharding))
+        sums = p_eval_step(state, global_batch((images, labels), sharding), global_batch(mask, sharding))
         totals = sums if totals is None else jax.tree.map(operator.add, totals, sums)
     totals = jax.device_get(totals)
     count = int(totals["count"])

@@ -2,6 +2,7 @@
 
     python flax_side/train.py --dataset digits --epochs 10 --schedule cosine --warmup-epochs 1
     python flax_side/train.py --dataset digits --epochs 2 --devices 2     # two host devices on CPU
+    python flax_side/train.py --num-nodes 2 --node-rank 0 --coordinator-address node0:1234  # and 1 on node1
     python flax_side/train.py --resume last                                # continue the newest run
     python flax_side/train.py --help
 
@@ -27,6 +28,9 @@ def main(argv=None) -> None:
         flag = f"--xla_force_host_platform_device_count={config.devices}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
+    if config.num_nodes > 1:
+        join_processes(config)
+
     from datamodules import DataError
     from flax_side.checkpoint import CheckpointError
     from flax_side.loop import Interrupted, TrainingError, train_and_evaluate
@@ -37,6 +41,22 @@ def main(argv=None) -> None:
         fail(str(err))
     except Interrupted as err:
         fail(str(err), code=130)  # the shell's code for a run ended by SIGINT
+
+
+def join_processes(config) -> None:
+    """jax.distributed: one process per node, each driving its --devices local devices.
+
+    Flags left out come from JAX's cluster detection (SLURM, Open MPI, ...) or JAX_COORDINATOR_ADDRESS.
+    """
+    import jax
+
+    try:
+        jax.distributed.initialize(config.coordinator_address, num_processes=config.num_nodes,
+                                   process_id=config.node_rank)
+    except Exception as err:  # JAX raises several types; keep one line
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        fail(f"cannot join the {config.num_nodes} processes of this run ({reason}); start every "
+             f"node with the same --num-nodes and --coordinator-address, and its own --node-rank")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,14 @@ class TrainConfig:
     resume: str = _flag("'last' (newest version of --run-name) or a checkpoint path", None)
     init_from: str = _flag("start from these weights: a torch state_dict or either side's checkpoint",
                            None)
-    devices: int = _flag("devices to train on (flax on CPU: host devices)", 1)
+    devices: int = _flag("devices to train on per node (flax on CPU: host devices)", 1)
+    num_nodes: int = _flag("hosts taking part, one training process each on the flax side "
+                           "(Lightning: one per device); see the README's 'Several GPUs and hosts'", 1)
+    node_rank: int = _flag("this host's index in 0..NUM_NODES-1 (default: from the environment: "
+                           "NODE_RANK / SLURM for Lightning, JAX's cluster detection for flax)", None)
+    coordinator_address: str = _flag("HOST:PORT of node 0, where the processes meet (default: from the "
+                                     "environment: MASTER_ADDR/MASTER_PORT, JAX_COORDINATOR_ADDRESS)",
+                                     None)
     num_workers: int = _flag("data-loading worker processes", 0)
     log_every: int = _flag("write train/* scalars every N optimizer steps", 50)
     limit_train_batches: int = _flag("at most N training batches per epoch (quick checks)", None)
@@ -72,13 +79,22 @@ class TrainConfig:
     def validate(self) -> list[str]:
         """Problems a user can fix, each as one line naming the flag."""
         problems = []
-        for name in ("epochs", "batch_size", "log_every", "devices"):
+        for name in ("epochs", "batch_size", "log_every", "devices", "num_nodes"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         for name in ("limit_train_batches", "limit_val_batches"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.node_rank is not None and not 0 <= self.node_rank < max(self.num_nodes, 1):
+            problems.append(f"--node-rank must be in 0..{self.num_nodes - 1} for --num-nodes "
+                            f"{self.num_nodes}, got {self.node_rank}")
+        if self.coordinator_address is not None and not _is_host_port(self.coordinator_address):
+            problems.append(f"--coordinator-address must be HOST:PORT, got {self.coordinator_address!r}")
+        replicas = self.devices * self.num_nodes
+        if self.batch_size >= 1 and replicas >= 1 and self.batch_size % replicas:
+            problems.append(f"--batch-size {self.batch_size} does not split evenly over {replicas} "
+                            f"devices (--devices x --num-nodes); choose a multiple of {replicas}")
         if self.num_workers < 0:
             problems.append(f"--num-workers must be >= 0, got {self.num_workers}")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
@@ -95,6 +111,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def _add_flags(parser: argparse.ArgumentParser) -> None:

@@ -90,7 +90,8 @@ class StopOnNonFiniteLoss(L.Callback):
         step = trainer.global_step - 1  # this batch's step: the optimizer has stepped
         if (step + 1) % self.log_every or getattr(trainer.precision_plugin, "scaler", None):
             return
-        loss = float(outputs["loss"])
+        # The mean over ranks, so that under DDP every rank sees the same value and stops together.
+        loss = float(trainer.strategy.reduce(outputs["loss"].detach(), reduce_op="mean"))
         if not math.isfinite(loss):
             raise TrainingError(f"train/loss is {loss} at step {step}: training diverged and stopped; "
                                 f"{_last_good(trainer)} (try a lower --lr)")

@@ -55,7 +55,10 @@ class ResNetModule(L.LightningModule):
         # to float32 first, they would put a 1e-7 difference into every 64-true step.
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1))
-        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+        # train/* are values of the global batch under DDP too, as on the flax side: the accuracy
+        # syncs its counts on each step and the loss is logged with sync_dist.
+        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro",
+                                                                        dist_sync_on_step=True)
         self.eval_acc = nn.ModuleDict({stage: torchmetrics.classification.MulticlassAccuracy(
             num_classes, average="micro") for stage in ("val", "test")})
         self.eval_loss = nn.ModuleDict({stage: torchmetrics.MeanMetric() for stage in ("val", "test")})
@@ -74,7 +77,7 @@ class ResNetModule(L.LightningModule):
         logits = self(images)
         loss = self.loss(logits, labels)
         self.train_acc(logits, labels)
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=True, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         # The LR this step's update uses (the scheduler steps after the optimizer).
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True)

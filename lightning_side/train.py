@@ -10,6 +10,7 @@ logs/lightning/<run-name>/version_N for `tensorboard --logdir logs`.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -28,6 +29,7 @@ from harness.runs import run_root, summary_line, versions
 from lightning_side.callbacks import (EpochThroughput, LatestCheckpoints, SkippedSteps,
                                       StopOnNonFiniteLoss, TrainingError)
 from lightning_side.module import ResNetModule
+from lightning_side.sync_batchnorm import GlobalBatchNormSync
 from lightning_side.weights import WeightsError, load_model_state_dict
 
 SIDE = "lightning"
@@ -103,28 +105,47 @@ def check_resumable(path: Path) -> None:
                            "use it with --init-from instead")
 
 
+def distributed_environment(config: TrainConfig) -> None:
+    """--coordinator-address and --node-rank as the variables Lightning's cluster environment
+    reads; without them, whatever launched the run (torchrun, SLURM, a shell) has set them."""
+    if config.coordinator_address is not None:
+        host, _, port = config.coordinator_address.rpartition(":")
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = host, port
+    if config.node_rank is not None:
+        os.environ["NODE_RANK"] = str(config.node_rank)
+
+
 def build_trainer(config: TrainConfig, logger, callbacks) -> L.Trainer:
+    cuda = torch.cuda.is_available()
+    arguments = precision_arguments(lightning_precision(config.precision, cuda))
+    distributed = config.devices * config.num_nodes > 1
+    if distributed and not cuda:
+        # BatchNorm statistics over the global batch, as on the flax side: torch's SyncBatchNorm
+        # on GPUs (sync_batchnorm), GlobalBatchNorm2d where torch has no SyncBatchNorm kernels.
+        arguments["plugins"] = [*arguments.get("plugins", []), GlobalBatchNormSync()]
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator="auto",
         devices=config.devices,
-        **precision_arguments(lightning_precision(config.precision, torch.cuda.is_available())),
+        num_nodes=config.num_nodes,
+        strategy="ddp" if distributed else "auto",
+        sync_batchnorm=distributed and cuda,
+        **arguments,
         logger=logger,
         callbacks=callbacks,
         log_every_n_steps=config.log_every,
         limit_train_batches=config.limit_train_batches or 1.0,
         limit_val_batches=config.limit_val_batches or 1.0,
         # The DataModule's sampler already fixes the global batch sequence for every rank, and
-        # hands each rank its slice. BatchNorm statistics are over the global batch, as in flax,
-        # where torch can: its SyncBatchNorm runs on GPUs only (CPU DDP normalises per rank).
+        # hands each rank its slice.
         use_distributed_sampler=False,
-        sync_batchnorm=config.devices > 1 and torch.cuda.is_available(),
     )
 
 
 def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     """Fit, test the best checkpoint, print the summary line; `callbacks` are added to the Trainer's."""
     start = time.perf_counter()
+    distributed_environment(config)
     ckpt_path = resume_checkpoint(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
 
@@ -149,7 +170,6 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
 
     logger = TensorBoardLogger(save_dir=str(Path(config.logdir) / SIDE), name=config.run_name,
                                default_hp_metric=False)
-    logger.log_hyperparams(config.to_dict())
     # Two callbacks: this Lightning refreshes save_last only when its own top-k saves, so a
     # monitor="val/acc" callback alone would leave last.ckpt behind after an epoch that didn't improve.
     checkpoint = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=1,
@@ -161,6 +181,8 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
     trainer = build_trainer(config, logger, [checkpoint, latest, throughput,
                                              StopOnNonFiniteLoss(config.log_every),
                                              SkippedSteps(config.log_every), *callbacks])
+    # After the Trainer exists: it tells the logger which process is rank 0, the one that writes.
+    logger.log_hyperparams(config.to_dict())
     # weights_only: a checkpoint is data, never code to run.
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

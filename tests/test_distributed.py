@@ -1,0 +1,100 @@
+"""Several processes train like one: Lightning DDP (gloo) and JAX multi-process (CPU collectives),
+on 127.0.0.1, against a 1-process run on the same global batches.
+
+In float64 (`--precision 64-true`) the only difference left is the order of the sums over the
+global batch, so the tolerance is tight: train/loss equal as TensorBoard stores it (float32), and
+weights within 1e-7 after 8 steps. Per-rank BatchNorm statistics instead of global ones -- what
+torch's CPU DDP does without lightning_side/sync_batchnorm.py -- move the weights by 0.6 and the
+first loss by 2e-3, so the check cannot pass by accident.
+"""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.parity import final_weights
+from tests.tb import DESIGN_TAGS, scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGV = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "4",
+        "--limit-val-batches", "2", "--log-every", "1", "--epochs", "2", "--precision", "64-true"]
+WEIGHTS_TOLERANCE = 1e-7  # absolute, float64 weights after 8 steps
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(side: str, logdir: Path, run_name: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, f"{side}_side/train.py", *ARGV, "--logdir", str(logdir),
+                             "--run-name", run_name, *extra], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_all(processes: list[subprocess.Popen]) -> list[str]:
+    outputs = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        outputs.append(stdout)
+    return outputs
+
+
+def two_nodes(side: str, logdir: Path, run_name: str) -> list[str]:
+    """Two 'hosts' on this machine: one process each, meeting at 127.0.0.1."""
+    address = f"127.0.0.1:{free_port()}"
+    return wait_all([launch(side, logdir, run_name, "--num-nodes", "2", "--node-rank", str(rank),
+                            "--coordinator-address", address) for rank in (1, 0)])
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The 1-process reference run of each side, made once."""
+    logdir = tmp_path_factory.mktemp("single")
+    wait_all([launch(side, logdir, "single") for side in ("lightning", "flax")])
+    return {side: logdir / side / "single" / "version_0" for side in ("lightning", "flax")}
+
+
+def assert_trains_like_one_process(side: str, version: Path, reference: Path) -> None:
+    assert [p.name for p in version.parent.iterdir()] == ["version_0"]  # one run folder
+    # One process wrote TensorBoard (Lightning opens a second file for trainer.test()):
+    # event files are named events.out.tfevents.<time>.<host>.<pid>.<n>.
+    writers = {p.name.split(".")[-2] for p in version.glob("events.out.tfevents.*")}
+    assert len(writers) == 1, writers
+    got, want = scalars(version), scalars(reference)
+    assert DESIGN_TAGS <= set(got)
+    for tag in ("train/loss", "train/acc", "val/acc", "test/acc"):
+        assert [s for s, _ in got[tag]] == [s for s, _ in want[tag]], tag
+        np.testing.assert_allclose([v for _, v in got[tag]], [v for _, v in want[tag]],
+                                   rtol=1e-6, err_msg=tag)
+    for tag in ("val/loss", "test/loss"):
+        np.testing.assert_allclose([v for _, v in got[tag]], [v for _, v in want[tag]],
+                                   rtol=1e-5, err_msg=tag)
+    weights, reference_weights = final_weights(side, version), final_weights(side, reference)
+    assert weights.keys() == reference_weights.keys()
+    worst = max(float(np.abs(weights[k] - reference_weights[k]).max()) for k in weights)
+    assert worst < WEIGHTS_TOLERANCE, f"weights differ by {worst:.2e}"
+
+
+def test_lightning_ddp_on_two_devices_trains_like_one_process(tmp_path, single):
+    (stdout,) = wait_all([launch("lightning", tmp_path, "ddp", "--devices", "2")])
+    assert stdout.count("[lightning] best val/acc") == 1  # rank 0 reports; its child does not
+    assert_trains_like_one_process("lightning", tmp_path / "lightning" / "ddp" / "version_0",
+                                   single["lightning"])
+
+
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_two_nodes_train_like_one_process(tmp_path, single, side):
+    outputs = two_nodes(side, tmp_path, "nodes")
+    assert sum(out.count(f"[{side}] best val/acc") for out in outputs) == 1
+    version = tmp_path / side / "nodes" / "version_0"
+    assert_trains_like_one_process(side, version, single[side])
+    if side == "flax":  # Orbax wrote each checkpoint once, for both processes
+        assert sorted(p.name for p in (version / "checkpoints").iterdir()) == ["4", "8"]
+        assert sorted(p.name for p in (version / "torch_weights").iterdir()) == ["4.pt", "8.pt"]

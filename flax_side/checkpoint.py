@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from flax_side.state import TrainState
 from harness.runs import versions
@@ -137,11 +138,16 @@ def _latest_step(directory: Path) -> int | None:
 
 
 def carry_over(source: Path, step: int, destination: Path) -> None:
-    """Copy checkpoint `step` of `source`, and the best one there, into a new run's folder."""
+    """Copy checkpoint `step` of `source`, and the best one there, into a new run's folder.
+
+    Every process calls it (opening a manager is a collective); process 0 copies."""
     best = create_manager(source, create=False).best_step()
-    destination.mkdir(parents=True, exist_ok=True)
-    for s in {step, best} - {None}:
-        shutil.copytree(source / str(s), destination / str(s))
+    if jax.process_index() == 0:
+        destination.mkdir(parents=True, exist_ok=True)
+        for s in {step, best} - {None}:
+            shutil.copytree(source / str(s), destination / str(s))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("checkpoints carried over")
 
 
 def restore(directory: Path, step: int, state: TrainState,

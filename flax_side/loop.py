@@ -191,10 +191,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
     if lead:
         version_dir.mkdir(parents=True, exist_ok=True)  # the logger makes it lazily
         save_yaml(config, version_dir / "hparams.yaml")  # rerun it with --config
-        if config.resume:
-            checkpoint.carry_over(source, source_step, version_dir / checkpoint.CHECKPOINTS)
-    if processes > 1:
-        multihost_utils.sync_global_devices("run folder ready")
+    if config.resume:
+        checkpoint.carry_over(source, source_step, version_dir / checkpoint.CHECKPOINTS)
     manager = checkpoint.create_manager(version_dir / checkpoint.CHECKPOINTS)
 
     # Steps: static arguments bound, jitted, and compiled now, so no epoch's clock counts compiling.

@@ -46,11 +46,11 @@ def wait_all(processes: list[subprocess.Popen]) -> list[str]:
     return outputs
 
 
-def two_nodes(side: str, logdir: Path, run_name: str) -> list[str]:
+def two_nodes(side: str, logdir: Path, run_name: str, *extra: str) -> list[str]:
     """Two 'hosts' on this machine: one process each, meeting at 127.0.0.1."""
     address = f"127.0.0.1:{free_port()}"
     return wait_all([launch(side, logdir, run_name, "--num-nodes", "2", "--node-rank", str(rank),
-                            "--coordinator-address", address) for rank in (1, 0)])
+                            "--coordinator-address", address, *extra) for rank in (1, 0)])
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,15 @@ def test_two_nodes_train_like_one_process(tmp_path, single, side):
     if side == "flax":  # Orbax wrote each checkpoint once, for both processes
         assert sorted(p.name for p in (version / "checkpoints").iterdir()) == ["4", "8"]
         assert sorted(p.name for p in (version / "torch_weights").iterdir()) == ["4.pt", "8.pt"]
+
+
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_two_nodes_resume_from_the_first_epoch_to_the_same_end(tmp_path, side):
+    two_nodes(side, tmp_path, "nodes")
+    first = tmp_path / side / "nodes" / "version_0"
+    epoch_one = (first / "checkpoints" / "epoch000-step4.ckpt" if side == "lightning"
+                 else first / "checkpoints" / "4")
+    two_nodes(side, tmp_path, "nodes", "--resume", str(epoch_one))
+    straight, resumed = final_weights(side, first), final_weights(side, first.parent / "version_1")
+    worst = max(float(np.abs(straight[k] - resumed[k]).max()) for k in straight)
+    assert worst < 1e-12, f"weights differ by {worst:.2e}"

@@ -52,6 +52,11 @@ def test_yaml_values_are_converted_like_flags(tmp_path):
     (["--precision", "fp8"], "--precision"),
     (["--milestones", "0.8", "0.2"], "--milestones"),
     (["--config", "/no/such/file.yaml"], "does not exist"),
+    (["--num-nodes", "0"], "--num-nodes must be a positive integer"),
+    (["--num-nodes", "2", "--node-rank", "2"], "--node-rank must be in 0..1"),
+    (["--coordinator-address", "node0"], "--coordinator-address must be HOST:PORT"),
+    (["--coordinator-address", "node0:99999"], "--coordinator-address must be HOST:PORT"),
+    (["--batch-size", "30", "--devices", "2", "--num-nodes", "2"], "choose a multiple of 4"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -87,4 +92,5 @@ def test_config_is_a_plain_dataclass_with_every_documented_flag():
     assert {"model", "dataset", "data_dir", "epochs", "batch_size", "lr", "momentum", "nesterov",
             "weight_decay", "schedule", "milestones", "warmup_epochs", "label_smoothing",
             "precision", "seed", "logdir", "run_name", "resume", "init_from", "devices",
-            "num_workers", "log_every", "limit_train_batches", "limit_val_batches"} <= names
+            "num_workers", "log_every", "limit_train_batches", "limit_val_batches", "num_nodes",
+            "node_rank", "coordinator_address"} <= names

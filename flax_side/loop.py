@@ -19,14 +19,16 @@ checkpoint by val/acc. `epoch` rides along with every logged step, as Lightning 
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import math
 import operator
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +126,18 @@ def create_mesh(num_devices: int) -> Mesh:
 def global_batch(local: Any, sharding: NamedSharding) -> Any:
     """One global array per leaf from this process's rows of it (all of them in one process)."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def prefetch_to_device(batches: Iterable, sharding: NamedSharding, size: int = 2) -> Iterator:
+    """The batches as global device arrays, `size` of them on their way to the devices ahead of
+    the step that uses them (flax's prefetch_to_device, for jax.sharding rather than pmap)."""
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append(global_batch(batch, sharding))
+        if len(queue) == size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 def train_and_evaluate(config: TrainConfig) -> TrainState:
@@ -288,8 +302,8 @@ def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, 
     bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
                disable=not progress_bar)
     start = time.perf_counter()
-    for i, batch in zip(range(steps), loader):
-        state, metrics = p_train_step(state, global_batch(batch, sharding))
+    for i, batch in enumerate(prefetch_to_device(itertools.islice(loader, steps), sharding)):
+        state, metrics = p_train_step(state, batch)
         step = first_step + i
         log_step = (step + 1) % log_every == 0
         if log_step:

@@ -189,8 +189,11 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
     # After the Trainer exists: it tells the logger which process is rank 0, the one that writes.
     logger.log_hyperparams(config.to_dict())
     # weights_only: a checkpoint is data, never code to run.
+    # Compiled as Lightning's docs show: the whole LightningModule, before fit (its *_step
+    # methods compile with it); checkpoints keep the plain module's keys.
+    fit_module = torch.compile(module) if config.compile else module
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(fit_module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:  # Lightning's own ending after Ctrl-C, once its callbacks have run
         if not trainer.interrupted:
             raise
@@ -199,7 +202,7 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
                           f"--run-name {config.run_name}") from None
 
     best = checkpoint.best_model_path if Path(checkpoint.best_model_path or "/").is_file() else None
-    test = trainer.test(module, datamodule=datamodule, ckpt_path=best or latest.last_model_path,
+    test = trainer.test(fit_module, datamodule=datamodule, ckpt_path=best or latest.last_model_path,
                         verbose=False, weights_only=True)[0]
     result = {
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None

@@ -255,3 +255,19 @@ def test_skipped_steps_are_counted_under_16_mixed(tmp_path):
     for step in range(3):  # each halving of the scale is one more skipped step
         halvings = sum(scales[s + 1] < scales[s] for s in range(step + 1))
         assert skipped[step] == halvings, (skipped, scales)
+
+
+@pytest.mark.slow  # torch.compile takes about a minute on a 2-core CPU
+def test_compiled_module_trains_like_the_eager_one(tmp_path):
+    """--compile: the same run, in float64 where the compiled kernels' rounding stays at 1e-12,
+    with checkpoints that keep the plain module's keys."""
+    argv = QUICK + ["--epochs", "1", "--log-every", "1", "--precision", "64-true", "--logdir", str(tmp_path)]
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = subprocess.run([sys.executable, "lightning_side/train.py", *argv, "--run-name", name, *extra],
+                             cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+    eager, compiled = (torch.load(tmp_path / "lightning" / name / "version_0" / "checkpoints" / "last.ckpt",
+                                  weights_only=True)["state_dict"] for name in ("eager", "compiled"))
+    assert eager.keys() == compiled.keys()
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-9, atol=1e-9, msg=key)

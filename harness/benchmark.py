@@ -1,7 +1,7 @@
 """Throughput of both sides, measured honestly and side by side.
 
     python -m harness.benchmark                          # resnet20, batch 128, fp32, this machine
-    python -m harness.benchmark --model resnet56 --devices 2 --steps 50
+    python -m harness.benchmark --model resnet56 --devices 2 --steps 50 --no-compile
 
 Each measurement runs in a fresh process of its own, so neither side warms the other's caches:
 
@@ -12,9 +12,12 @@ Each measurement runs in a fresh process of its own, so neither side warms the o
     first step    seconds from process start to the end of the first raw step (imports,
                   initialisation, compilation)
 
-and prints one table with the ratios flax/lightning and end-to-end/raw, plus FLOP utilisation:
-FLOPs per image from XLA's cost analysis of the flax train step, against a measured float32
-matmul peak. Figures differ up to 3x between machines of one kind: compare the ratios of one run.
+for each side as it runs by default and at its best on this machine (Lightning with
+torch.compile; flax sharded over every core as host devices, or every GPU), and prints one table
+with the ratio of the best of each side and end-to-end/raw, plus FLOP utilisation: FLOPs per
+image from XLA's cost analysis of the flax train step, against the faster of torch's and XLA's
+float32 matmul. Below it, one convolution per stage timed in both frameworks shows where the
+step time goes. Figures differ up to 3x between machines of one kind: compare the ratios of one run.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def _process_age() -> float:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def raw_lightning(model: str, batch: int, steps: int, devices: int) -> dict:
+def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: bool = False) -> dict:
     import torch
 
     from lightning_side.module import ResNetModule, parameter_groups
@@ -55,10 +58,11 @@ def raw_lightning(model: str, batch: int, steps: int, devices: int) -> dict:
     optimizer = torch.optim.SGD(parameter_groups(module.model, 1e-4), lr=0.1, momentum=0.9, nesterov=True)
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).permute(0, 3, 1, 2).to(device)
     labels = torch.randint(0, 10, (batch,), device=device)
+    forward = torch.compile(module) if compile else module
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = module.loss(module(images), labels)
+        loss = module.loss(forward(images), labels)
         loss.backward()
         optimizer.step()
 
@@ -79,7 +83,7 @@ def raw_lightning(model: str, batch: int, steps: int, devices: int) -> dict:
     return {"raw": steps * batch / (time.perf_counter() - start), "first_step": first}
 
 
-def raw_flax(model: str, batch: int, steps: int, devices: int) -> dict:
+def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = False) -> dict:
     if devices > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={devices}")
@@ -143,15 +147,75 @@ def data_pipeline(batch: int, steps: int, workers: int) -> dict:
 
 
 def matmul_peak() -> dict:
+    """GFLOP/s of a float32 2048² matmul in torch and in XLA (their libraries differ: on one
+    2-core Zen 5 CPU XLA's ran twice as fast); the faster is the peak."""
+    import jax
+    import jax.numpy as jnp
     import torch
 
-    a = torch.randn(2048, 2048)
-    b = torch.randn(2048, 2048)
-    a @ b
-    start, k = time.perf_counter(), 10
+    n, k = 2048, 10
+    a = torch.randn(n, n)
+    for _ in range(3):
+        a @ a
+    start = time.perf_counter()
     for _ in range(k):
-        a @ b
-    return {"gflops": k * 2 * 2048 ** 3 / (time.perf_counter() - start) / 1e9}
+        a @ a
+    torch_gflops = k * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+    x = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda x: x @ x)
+    for _ in range(3):
+        f(x).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(k):
+        y = f(x)
+    y.block_until_ready()
+    xla_gflops = k * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+    return {"torch": torch_gflops, "xla": xla_gflops}
+
+
+def conv_profile(batch: int, steps: int) -> dict:
+    """Milliseconds of one 3x3 convolution of each ResNet-20 stage, forward, input gradient and
+    weight gradient, in torch (channels_last) and in XLA (NHWC): where the step time goes."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    def clock(f, sync):
+        sync(f())
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = f()
+        sync(out)
+        return (time.perf_counter() - start) / steps * 1e3
+
+    dn = ("NHWC", "HWIO", "NHWC")
+    result = {}
+    for size, width in ((32, 16), (16, 32), (8, 64)):
+        x = torch.randn(batch, width, size, size).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(width, width, 3, 3).contiguous(memory_format=torch.channels_last)
+        dy = torch.randn_like(x)
+
+        def backward(mask):
+            return lambda: torch.ops.aten.convolution_backward(
+                dy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+
+        no_sync = lambda out: None  # noqa: E731  (torch on the CPU returns finished tensors)
+        torch_ms = [clock(lambda: torch.nn.functional.conv2d(x, w, padding=1), no_sync),
+                    clock(backward([True, False, False]), no_sync),
+                    clock(backward([False, True, False]), no_sync)]
+        jx = jnp.asarray(x.permute(0, 2, 3, 1).numpy())
+        jw = jnp.asarray(w.permute(2, 3, 1, 0).numpy())
+        jdy = jnp.asarray(dy.permute(0, 2, 3, 1).numpy())
+        conv = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), ((1, 1), (1, 1)),  # noqa: E731
+                                                         dimension_numbers=dn)
+        fwd = jax.jit(conv)
+        dx = jax.jit(lambda b, g: jax.vjp(lambda a: conv(a, b), jx)[1](g)[0])
+        dw = jax.jit(lambda a, g: jax.vjp(lambda b: conv(a, b), jw)[1](g)[0])
+        sync = jax.block_until_ready
+        xla_ms = [clock(lambda: fwd(jx, jw), sync), clock(lambda: dx(jw, jdy), sync),
+                  clock(lambda: dw(jx, jdy), sync)]
+        result[f"{size}x{size}x{width}"] = {"torch": torch_ms, "xla": xla_ms}
+    return result
 
 
 WORKERS = {"raw-lightning": raw_lightning, "raw-flax": raw_flax}
@@ -159,31 +223,44 @@ WORKERS = {"raw-lightning": raw_lightning, "raw-flax": raw_flax}
 
 # --------------------------------------------------------------------------- the driver
 
-def _worker(name: str, args: argparse.Namespace) -> dict:
+def _worker(name: str, args: argparse.Namespace, devices: int = 1, compile: bool = False) -> dict:
     cmd = [sys.executable, "-m", "harness.benchmark", "--worker", name, "--model", args.model,
-           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--devices", str(args.devices),
-           "--num-workers", str(args.num_workers)]
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--devices", str(devices),
+           "--num-workers", str(args.num_workers), *(["--compile"] if compile else [])]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _end_to_end(side: str, args: argparse.Namespace, logdir: Path) -> float:
+def _end_to_end(side: str, args: argparse.Namespace, logdir: Path, devices: int = 1,
+                compile: bool = False) -> float:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     steps = max(args.steps, 5)
+    run_name = f"bench-{devices}-{int(compile)}"
     cmd = [sys.executable, f"{side}_side/train.py", "--dataset", "synthetic", "--model", args.model,
            "--batch-size", str(args.batch_size), "--epochs", "2", "--limit-train-batches", str(steps),
-           "--limit-val-batches", "1", "--devices", str(args.devices if side == "flax" else 1),
-           "--num-workers", str(args.num_workers), "--logdir", str(logdir), "--run-name", "bench",
-           "--precision", "32"]
+           "--limit-val-batches", "1", "--devices", str(devices), "--num-workers", str(args.num_workers),
+           "--logdir", str(logdir), "--run-name", run_name, "--precision", "32",
+           *(["--compile"] if compile else [])]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"{side} train.py failed:\n{out.stderr[-3000:]}")
-    acc = EventAccumulator(str(logdir / side / "bench" / "version_0"))
+    acc = EventAccumulator(str(logdir / side / run_name / "version_0"))
     acc.Reload()
     return acc.Scalars("perf/train_images_per_sec")[-1].value
+
+
+def configurations(args: argparse.Namespace) -> list[tuple[str, str, int, bool]]:
+    """(column, side, devices, compile): each side as it runs by default and at its best here."""
+    columns = [("lightning", "lightning", 1, False)]
+    if args.compile:
+        columns.append(("lightning + torch.compile", "lightning", 1, True))
+    columns.append(("flax", "flax", 1, False))
+    if args.devices > 1:
+        columns.append((f"flax, {args.devices} devices", "flax", args.devices, False))
+    return columns
 
 
 def cpu_name() -> str:
@@ -199,28 +276,44 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def table(results: dict, args: argparse.Namespace, peak: float) -> str:
+def table(results: dict, args: argparse.Namespace, peak: dict) -> str:
+    columns = [c[0] for c in configurations(args)]
+    best = {side: max((c for c in columns if results[c]["side"] == side), key=lambda c: results[c]["e2e"])
+            for side in SIDES}
+    top = max(peak.values())
+    flops = next(results[c]["flops_per_image"] for c in columns if "flops_per_image" in results[c])
     rows = []
 
-    def row(name, a, b, fmt="{:,.0f}"):
-        ratio = f"{b / a:.2f}×" if a and b else "–"
-        rows.append(f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
+    def row(name, value, fmt="{:,.0f}", ratio=True):
+        values = [value(results[c]) for c in columns]
+        a, b = value(results[best["lightning"]]), value(results[best["flax"]])
+        cells = " | ".join(fmt.format(v) for v in values)
+        rows.append(f"| {name} | {cells} | {f'{b / a:.2f}×' if ratio and a and b else '–'} |")
 
-    lt, fx = results["lightning"], results["flax"]
-    row("raw step (images/s)", lt["raw"], fx["raw"])
-    row("end-to-end train.py (images/s)", lt["e2e"], fx["e2e"])
-    row("end-to-end / raw", lt["e2e"] / lt["raw"], fx["e2e"] / fx["raw"], "{:.2f}")
-    row("time to first step (s)", lt["first_step"], fx["first_step"], "{:.1f}")
-    flops = fx.get("flops_per_image", float("nan"))
-    row("FLOP utilisation of the raw step", lt["raw"] * flops / (peak * 1e9),
-        fx["raw"] * flops / (peak * 1e9), "{:.1%}")
-    head = [f"{args.model}, batch {args.batch_size}, fp32, flax on {args.devices} device(s), "
-            f"{args.num_workers} loader workers; {cpu_name()}",
-            "", "| | lightning | flax | flax / lightning |", "| --- | ---: | ---: | ---: |"]
-    tail = ["", f"- data pipeline alone: {results['data']:,.0f} augmented images/s = "
-                f"{results['data'] / max(lt['e2e'], fx['e2e']):.0f}× what the faster side consumes",
+    row("raw step (images/s)", lambda r: r["raw"])
+    row("end-to-end train.py (images/s)", lambda r: r["e2e"])
+    row("end-to-end / raw", lambda r: r["e2e"] / r["raw"], "{:.2f}", ratio=False)
+    row("time to first step (s)", lambda r: r["first_step"], "{:.1f}")
+    row("FLOP utilisation of the raw step", lambda r: r["raw"] * flops / (top * 1e9), "{:.0%}")
+    head = [f"{args.model}, batch {args.batch_size}, fp32, {args.num_workers} loader workers; {cpu_name()}",
+            "", f"| | {' | '.join(columns)} | best flax / best lightning |",
+            f"| --- |{' ---: |' * len(columns)} ---: |"]
+    tail = ["", f"- best of each side (by end-to-end): {best['lightning']}; {best['flax']}",
+            f"- data pipeline alone: {results['data']:,.0f} augmented images/s = "
+            f"{results['data'] / max(results[c]['e2e'] for c in columns):.0f}× what the fastest "
+            f"configuration consumes",
             f"- {flops / 1e9:.2f} GFLOP per image (XLA's cost analysis of the flax train step, used "
-            f"for both sides); float32 matmul peak {peak:,.0f} GFLOP/s (2048² torch matmul)"]
+            f"for both sides); float32 matmul peak {top:,.0f} GFLOP/s (2048²: torch "
+            f"{peak['torch']:,.0f}, XLA {peak['xla']:,.0f})"]
+    if "convs" in results:
+        tail += ["", "One 3x3 convolution, batch %d, milliseconds (forward / input gradient / "
+                     "weight gradient):" % args.batch_size, "",
+                 "| H×W×C | torch | XLA | XLA / torch |", "| --- | --- | --- | --- |"]
+        for shape, ms in results["convs"].items():
+            t, x = ms["torch"], ms["xla"]
+            tail.append(f"| {shape} | {' / '.join(f'{v:.1f}' for v in t)} | "
+                        f"{' / '.join(f'{v:.1f}' for v in x)} | "
+                        f"{' / '.join(f'{b / a:.1f}×' for a, b in zip(t, x))} |")
     return "\n".join(head + rows + tail)
 
 
@@ -230,9 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
-    parser.add_argument("--devices", type=int, default=1, help="flax: devices to shard over")
+    parser.add_argument("--devices", type=int, default=_default_devices(),
+                        help="flax is also measured sharded over this many devices (on a CPU: "
+                             "host devices; default: the CPU's cores, or the GPUs)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure Lightning with torch.compile (about a minute more)")
+    parser.add_argument("--conv-profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="time one convolution per stage in torch and XLA")
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--worker", choices=[*WORKERS, "data", "peak"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[*WORKERS, "data", "peak", "convs"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:  # one measurement in this fresh process; JSON on the last stdout line
@@ -240,19 +339,37 @@ def main(argv: list[str] | None = None) -> int:
             result = data_pipeline(args.batch_size, args.steps, args.num_workers)
         elif args.worker == "peak":
             result = matmul_peak()
+        elif args.worker == "convs":
+            result = conv_profile(args.batch_size, args.steps)
         else:
-            result = WORKERS[args.worker](args.model, args.batch_size, args.steps, args.devices)
+            result = WORKERS[args.worker](args.model, args.batch_size, args.steps, args.devices,
+                                          args.compile)
         print(json.dumps(result))
         return 0
 
-    results = {side: _worker(f"raw-{side}", args) for side in SIDES}
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for side in SIDES:
-            results[side]["e2e"] = _end_to_end(side, args, Path(tmp))
+        for column, side, devices, compile in configurations(args):
+            results[column] = {"side": side, **_worker(f"raw-{side}", args, devices, compile)}
+            results[column]["e2e"] = _end_to_end(side, args, Path(tmp), devices, compile)
     results["data"] = _worker("data", args)["data"]
-    peak = _worker("peak", args)["gflops"]
-    print(table(results, args, peak))
+    if args.conv_profile:
+        results["convs"] = _worker("convs", args)
+    print(table(results, args, _worker("peak", args)))
     return 0
+
+
+def _default_devices() -> int:
+    """The flax side's best guess at using the whole machine: every GPU, or every CPU core as
+    an XLA host device (XLA runs much of a step on one core per device)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    except ImportError:
+        pass
+    return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: boo
     optimizer = torch.optim.SGD(parameter_groups(module.model, 1e-4), lr=0.1, momentum=0.9, nesterov=True)
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).permute(0, 3, 1, 2).to(device)
     labels = torch.randint(0, 10, (batch,), device=device)
-    forward = torch.compile(module) if compile else module
+    forward = torch.compile(module) if compile else module  # as train.py --compile does
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -226,7 +226,7 @@ WORKERS = {"raw-lightning": raw_lightning, "raw-flax": raw_flax}
 def _worker(name: str, args: argparse.Namespace, devices: int = 1, compile: bool = False) -> dict:
     cmd = [sys.executable, "-m", "harness.benchmark", "--worker", name, "--model", args.model,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--devices", str(devices),
-           "--num-workers", str(args.num_workers), *(["--compile"] if compile else [])]
+           "--num-workers", str(args.num_workers), "--compile" if compile else "--no-compile"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")

@@ -83,10 +83,9 @@ def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: boo
     return {"raw": steps * batch / (time.perf_counter() - start), "first_step": first}
 
 
-def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = False) -> dict:
-    if devices > 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_force_host_platform_device_count={devices}")
+def _flax_step(model: str, batch: int, devices: int):
+    """(compiled train step, state, batch): the flax side's step over a synthetic batch that is
+    already sharded over `devices` devices. JAX is imported here, after XLA_FLAGS is set."""
     import functools
 
     import jax
@@ -112,7 +111,16 @@ def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = F
     step = jax.jit(functools.partial(train_step, mean=np.full(3, 127.0), std=np.full(3, 64.0),
                                      input_dtype=jnp.float32, label_smoothing=0.0, schedule=schedule),
                    donate_argnums=0)
-    compiled = step.lower(state, data).compile()
+    return step.lower(state, data).compile(), state, data
+
+
+def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = False) -> dict:
+    if devices > 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={devices}")
+    compiled, state, data = _flax_step(model, batch, devices)
+    import jax
+
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     state, _ = compiled(state, data)
@@ -171,6 +179,39 @@ def matmul_peak() -> dict:
     y.block_until_ready()
     xla_gflops = k * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
     return {"torch": torch_gflops, "xla": xla_gflops}
+
+
+def xla_profile(model: str, batch: int, steps: int) -> dict:
+    """Milliseconds per flax train step by kind of XLA operation (the name of each fused
+    operation without its number: `transpose_copy_fusion`, `ynn_fusion`, ...), from a
+    jax.profiler trace of `steps` steps on one device."""
+    import collections
+    import gzip
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_enable_xprof_traceme=true".strip()
+    step, state, data = _flax_step(model, batch, devices=1)
+    import jax
+
+    for _ in range(3):
+        state, _ = step(state, data)
+    jax.block_until_ready(state)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(steps):
+                state, _ = step(state, data)
+            jax.block_until_ready(state)
+        wall = (time.perf_counter() - start) / steps * 1e3
+        trace = next(Path(tmp).rglob("*.trace.json.gz"))
+        events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    kinds: collections.Counter = collections.Counter()
+    for event in events:
+        name = event.get("name", "")
+        # XLA's own operations only: not the executor's spans nor Python frames ($...).
+        if event.get("ph") == "X" and "dur" in event and not name.startswith(("Thunk", "$", "Pjit")):
+            kinds[name.split(".")[0]] += event["dur"] / 1e3 / steps
+    return {"step_ms": wall, "kinds": dict(kinds.most_common(6))}
 
 
 def conv_profile(batch: int, steps: int) -> dict:
@@ -314,6 +355,11 @@ def table(results: dict, args: argparse.Namespace, peak: dict) -> str:
             tail.append(f"| {shape} | {' / '.join(f'{v:.1f}' for v in t)} | "
                         f"{' / '.join(f'{v:.1f}' for v in x)} | "
                         f"{' / '.join(f'{b / a:.1f}×' for a, b in zip(t, x))} |")
+    if "xla" in results:
+        xla = results["xla"]
+        kinds = ", ".join(f"{name} {ms:.0f}" for name, ms in xla["kinds"].items())
+        tail += ["", f"The flax step on one device by kind of XLA operation, ms per step "
+                     f"(jax.profiler; {xla['step_ms']:.0f} ms per step while tracing): {kinds}"]
     return "\n".join(head + rows + tail)
 
 
@@ -328,10 +374,12 @@ def main(argv: list[str] | None = None) -> int:
                              "host devices; default: the CPU's cores, or the GPUs)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure Lightning with torch.compile (about a minute more)")
-    parser.add_argument("--conv-profile", action=argparse.BooleanOptionalAction, default=True,
-                        help="time one convolution per stage in torch and XLA")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="time one convolution per stage in torch and XLA, and the flax step "
+                             "by kind of XLA operation")
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--worker", choices=[*WORKERS, "data", "peak", "convs"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[*WORKERS, "data", "peak", "convs", "xla"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:  # one measurement in this fresh process; JSON on the last stdout line
@@ -341,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             result = matmul_peak()
         elif args.worker == "convs":
             result = conv_profile(args.batch_size, args.steps)
+        elif args.worker == "xla":
+            result = xla_profile(args.model, args.batch_size, min(args.steps, 5))
         else:
             result = WORKERS[args.worker](args.model, args.batch_size, args.steps, args.devices,
                                           args.compile)
@@ -353,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
             results[column] = {"side": side, **_worker(f"raw-{side}", args, devices, compile)}
             results[column]["e2e"] = _end_to_end(side, args, Path(tmp), devices, compile)
     results["data"] = _worker("data", args)["data"]
-    if args.conv_profile:
+    if args.profile:
         results["convs"] = _worker("convs", args)
+        results["xla"] = _worker("xla", args)
     print(table(results, args, _worker("peak", args)))
     return 0
 

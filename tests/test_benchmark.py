@@ -17,5 +17,7 @@ def test_benchmark_prints_every_row(capsys):
     assert "augmented images/s" in out and "GFLOP per image" in out
     convs = [line for line in out.splitlines() if line.startswith(("| 32x32x16", "| 16x16x32", "| 8x8x64"))]
     assert len(convs) == 3 and all(line.count(" / ") == 6 for line in convs)
+    profile = next(line for line in out.splitlines() if line.startswith("The flax step on one device"))
+    assert "fusion" in profile  # XLA's fused operations, by kind
     gflop = float(out.split(" GFLOP per image")[0].rsplit("- ", 1)[1])
     assert 0.2 < gflop < 0.3  # ResNet-20 training: about 3 x 41 MFLOP forward per image

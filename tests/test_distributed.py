@@ -8,9 +8,13 @@ torch's CPU DDP does without lightning_side/sync_batchnorm.py -- move the weight
 first loss by 2e-3, so the check cannot pass by accident.
 """
 
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +35,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(side: str, logdir: Path, run_name: str, *extra: str) -> subprocess.Popen:
+def launch(side: str, logdir: Path, run_name: str, *extra: str,
+           new_session: bool = False) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, f"{side}_side/train.py", *ARGV, "--logdir", str(logdir),
                              "--run-name", run_name, *extra], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL if new_session else subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=new_session)
 
 
 def wait_all(processes: list[subprocess.Popen]) -> list[str]:
@@ -110,3 +116,46 @@ def test_two_nodes_resume_from_the_first_epoch_to_the_same_end(tmp_path, side):
     straight, resumed = final_weights(side, first), final_weights(side, first.parent / "version_1")
     worst = max(float(np.abs(straight[k] - resumed[k]).max()) for k in straight)
     assert worst < 1e-12, f"weights differ by {worst:.2e}"
+
+
+def ctrl_c(processes: list[subprocess.Popen], checkpoint: Path) -> list[int]:
+    """Ctrl-C as a terminal sends it: SIGINT to each launch's whole process group (Lightning's
+    DDP children included), once the first epoch's checkpoint is on disk."""
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert all(p.poll() is None for p in processes), "a run ended before the Ctrl-C"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for process in processes:
+        os.killpg(process.pid, signal.SIGINT)
+    return [process.wait(timeout=300) for process in processes]
+
+
+@pytest.mark.slow  # about 1.5 minutes a side on 2 cores
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_ctrl_c_stops_every_process_at_one_step_and_resumes(tmp_path, side):
+    argv = ["--limit-train-batches", "40", "--epochs", "3"]  # after ARGV's, so these win
+    if side == "lightning":
+        launches = [launch(side, tmp_path, "stop", "--devices", "2", *argv, new_session=True)]
+    else:
+        address = f"127.0.0.1:{free_port()}"
+        launches = [launch(side, tmp_path, "stop", "--num-nodes", "2", "--node-rank", str(rank),
+                           "--coordinator-address", address, *argv, new_session=True)
+                    for rank in (1, 0)]
+    version = tmp_path / side / "stop" / "version_0"
+    first = (version / "checkpoints" / "epoch000-step40.ckpt" if side == "lightning"
+             else version / "checkpoints" / "40" / "state")
+    assert ctrl_c(launches, first) == [130] * len(launches)
+    stderr = [p.stderr.read() for p in launches]
+    stopped = {re.search(r"interrupted at step (\d+)", err).group(1) for err in stderr}
+    assert len(stopped) == 1, stderr  # every process stopped after the same step
+    step = int(stopped.pop())
+    assert 40 <= step < 120
+    if side == "lightning":
+        assert any((version / "checkpoints").glob(f"*step{step}.ckpt"))
+        wait_all([launch(side, tmp_path, "stop", "--devices", "2", *argv, "--resume", "last")])
+    else:
+        assert (version / "checkpoints" / str(step) / "state").is_dir()
+        two_nodes(side, tmp_path, "stop", *argv, "--resume", "last")
+    assert "version_1" in {p.name for p in version.parent.iterdir()}
+    assert [s for s, _ in scalars(version.parent / "version_1")["test/acc"]] == [120]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 
 import lightning as L
@@ -101,6 +103,47 @@ def _last_good(trainer: L.Trainer) -> str:
     paths = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
     paths = [p for p in paths if p]
     return f"the last good checkpoint is {paths[-1]}" if paths else "no checkpoint had been written yet"
+
+
+class StopBetweenSteps(L.Callback):
+    """Turns the first Ctrl-C into a KeyboardInterrupt raised between two training steps.
+
+    Python raises KeyboardInterrupt wherever the signal lands: in a forward pass, BatchNorm's
+    running statistics would already have moved for a step whose optimizer update never happens,
+    and the Ctrl-C checkpoint would not resume exactly. Raised from on_train_batch_end (this
+    callback comes last), the step in flight has finished, LR scheduler included, and Lightning's
+    own interrupt handling takes over: LatestCheckpoints saves, the run ends. Under DDP the ranks
+    agree on logging steps, as the flax side's processes do, so that all stop after the same
+    step. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every = log_every
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        requested = self.requested
+        if trainer.world_size > 1:
+            if trainer.global_step % self.log_every:  # global_step - 1 is this batch's step
+                return
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if requested:
+            raise KeyboardInterrupt
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class LatestCheckpoints(ModelCheckpoint):

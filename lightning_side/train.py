@@ -27,7 +27,7 @@ from datamodules import DataError, ImageDataModule
 from harness.config import TrainConfig, fail, parse_config
 from harness.runs import run_root, summary_line, versions
 from lightning_side.callbacks import (EpochThroughput, LatestCheckpoints, SkippedSteps,
-                                      StopOnNonFiniteLoss, TrainingError)
+                                      StopBetweenSteps, StopOnNonFiniteLoss, TrainingError)
 from lightning_side.module import ResNetModule
 from lightning_side.sync_batchnorm import GlobalBatchNormSync
 from lightning_side.weights import WeightsError, load_model_state_dict
@@ -185,7 +185,8 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
     throughput = EpochThroughput()
     trainer = build_trainer(config, logger, [checkpoint, latest, throughput,
                                              StopOnNonFiniteLoss(config.log_every),
-                                             SkippedSteps(config.log_every), *callbacks])
+                                             SkippedSteps(config.log_every), *callbacks,
+                                             StopBetweenSteps(config.log_every)])  # last
     # After the Trainer exists: it tells the logger which process is rank 0, the one that writes.
     logger.log_hyperparams(config.to_dict())
     # weights_only: a checkpoint is data, never code to run.

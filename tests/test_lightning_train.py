@@ -1,5 +1,7 @@
 """The Lightning trainer: a short real run, its tags, resume, parameter groups, precision."""
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -175,26 +177,30 @@ def test_init_from_a_flax_run_folder(tmp_path):
             assert torch.equal(capture.state[key], value), (given, key)
 
 
-class InterruptAtStep(L.Callback):
+class CtrlCDuringStep(L.Callback):
+    """A real SIGINT in the middle of a step: after its forward pass (BatchNorm's running
+    statistics have moved), before its optimizer update."""
+
     def __init__(self, step):
         self.step = step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_before_backward(self, trainer, pl_module, loss):
         if trainer.global_step == self.step:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_path):
-    import signal
-
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_path, workers):
     from lightning_side.train import Interrupted
-    base = QUICK + ["--logdir", str(tmp_path), "--log-every", "1", "--epochs", "2"]
+    base = QUICK + ["--logdir", str(tmp_path), "--log-every", "1", "--epochs", "2",
+                    "--num-workers", workers]
     train(parse_config("lightning", base + ["--run-name", "straight"]))
     handler = signal.getsignal(signal.SIGINT)
     try:
+        # The step in flight (the 4th, the first of epoch 1's 3 batches) finishes first.
         with pytest.raises(Interrupted, match="interrupted at step 4.*--resume last"):
             train(parse_config("lightning", base + ["--run-name", "split"]),
-                  callbacks=[InterruptAtStep(4)])  # after the first of epoch 1's 3 batches
+                  callbacks=[CtrlCDuringStep(3)])
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it stops
     assert _final_weights(tmp_path / "lightning" / "split" / "version_0")[1] == 4

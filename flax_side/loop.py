@@ -24,8 +24,6 @@ import functools
 import itertools
 import math
 import operator
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -46,6 +44,7 @@ from flax_side.schedules import create_schedule, optimizer_steps_per_epoch
 from flax_side.state import TrainState, create_train_state, initial_variables
 from flax_side.steps import eval_step, train_step
 from harness.config import TrainConfig, save_yaml
+from harness.interrupt import CtrlC
 from harness.runs import host_peak_memory_mb, summary_line
 
 
@@ -57,22 +56,10 @@ class Interrupted(Exception):
     """Ctrl-C: the run stopped after writing a checkpoint; the message says how to go on."""
 
 
-class StopRequest:
-    """Turns the first Ctrl-C into a request that the loop honours between two steps.
-
-    A KeyboardInterrupt could land between a jitted step's return and the assignment of its
-    result, when the donated old state is already gone; a flag checked after each step never
-    loses a state. A second Ctrl-C interrupts at once.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+class StopRequest(CtrlC):
+    """harness.interrupt.CtrlC for the epoch loop (`with StopRequest() as stop:`), checked after
+    each step: a KeyboardInterrupt between a jitted step's return and the assignment of its
+    result would lose the donated state."""
 
     def agreed(self, at_log_step: bool) -> bool:
         """Whether to stop after this step. With several processes all must stop at the same
@@ -86,13 +73,11 @@ class StopRequest:
         return self.requested
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        self.install()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self.restore()
 
 
 # precision -> (compute dtype, parameter dtype, loss scaling)

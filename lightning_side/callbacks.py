@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from harness.interrupt import CtrlC
 from harness.runs import host_peak_memory_mb
 
 
@@ -106,33 +105,24 @@ def _last_good(trainer: L.Trainer) -> str:
 
 
 class StopBetweenSteps(L.Callback):
-    """Turns the first Ctrl-C into a KeyboardInterrupt raised between two training steps.
+    """Ctrl-C (harness.interrupt.CtrlC) honoured between two training steps.
 
-    Python raises KeyboardInterrupt wherever the signal lands: in a forward pass, BatchNorm's
-    running statistics would already have moved for a step whose optimizer update never happens,
-    and the Ctrl-C checkpoint would not resume exactly. Raised from on_train_batch_end (this
-    callback comes last), the step in flight has finished, LR scheduler included, and Lightning's
-    own interrupt handling takes over: LatestCheckpoints saves, the run ends. Under DDP the ranks
-    agree on logging steps, as the flax side's processes do, so that all stop after the same
-    step. A second Ctrl-C interrupts at once.
+    From on_train_batch_end (this callback comes last) the step in flight has finished, LR
+    scheduler included; the KeyboardInterrupt raised there hands over to Lightning's own
+    interrupt handling: LatestCheckpoints saves, the run ends. Under DDP the ranks agree on
+    logging steps, as the flax side's processes do, so that all stop after the same step.
     """
 
     def __init__(self, log_every: int) -> None:
         self.log_every = log_every
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        self.ctrl_c = CtrlC()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if stage == "fit":
+            self.ctrl_c.install()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        requested = self.requested
+        requested = self.ctrl_c.requested
         if trainer.world_size > 1:
             if trainer.global_step % self.log_every:  # global_step - 1 is this batch's step
                 return
@@ -141,9 +131,8 @@ class StopBetweenSteps(L.Callback):
             raise KeyboardInterrupt
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        if stage == "fit":
+            self.ctrl_c.restore()
 
 
 class LatestCheckpoints(ModelCheckpoint):

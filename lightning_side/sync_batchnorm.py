@@ -38,12 +38,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         dims = (0, 2, 3)
         # Two passes, as torch's own CPU kernel: the mean first, then squared deviations from it
         # (sum(x^2) - n mean^2 would lose digits that 64-true parity checks can see).
+        group = self.process_group or dist.group.WORLD
         local = torch.cat([x.sum(dims), x.new_full((1,), x.numel() // x.shape[1])])
-        total = funcol.all_reduce(local, "sum", self.process_group or dist.group.WORLD)
+        total = funcol.all_reduce(local, "sum", group)
         count, mean = total[-1], total[:-1] / total[-1]
         centred = x - mean.view(1, -1, 1, 1)
-        var = funcol.all_reduce((centred * centred).sum(dims), "sum",
-                                self.process_group or dist.group.WORLD) / count
+        var = funcol.all_reduce((centred * centred).sum(dims), "sum", group) / count
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum

@@ -160,7 +160,7 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
         schedule=config.schedule, milestones=tuple(config.milestones),
         warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing,
         mean=datamodule.mean.tolist(), std=datamodule.std.tolist())
-    if lightning_precision(config.precision, torch.cuda.is_available()) == "64-true":
+    if config.precision == "64-true":
         # Lightning restores a --resume checkpoint into the module before its precision plugin
         # casts the module to float64, so float32 parameters would round the float64 weights
         # (by 1e-8, enough to break 64-true's lockstep): cast first.

@@ -101,37 +101,50 @@ class BatchDataset(Dataset):
             self._perm_epoch = epoch
         return self._perm
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        epoch, i = int(key[0]), int(key[1])
+    def batch_indices(self, epoch: int, i: int) -> np.ndarray:
+        """Indices into the split of the samples of global batch `i` of `epoch`."""
         if not 0 <= i < self.num_batches:
             raise IndexError(f"batch {i} out of range for {self.num_batches} batches")
         start, stop = i * self.batch_size, min((i + 1) * self.batch_size, len(self.images))
         if self.train:
-            idx = self.permutation(epoch)[start:stop]
+            return self.permutation(epoch)[start:stop]
+        return np.arange(start, stop)
+
+    def rank_rows(self, batch_size: int) -> tuple[int, int]:
+        """[lo, hi): this rank's contiguous rows of a global batch of `batch_size`."""
+        return self.rank * batch_size // self.world_size, (self.rank + 1) * batch_size // self.world_size
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+        epoch, i = int(key[0]), int(key[1])
+        idx = self.batch_indices(epoch, i)
+        if self.train:
             images = random_crop_flip(
                 self.images[idx], np.random.default_rng([self.seed, epoch, i]), pad=self.pad, flip=self.flip
             )
             labels = self.labels[idx]
         else:
             # Copies, not views: a consumer writing into its batch must not corrupt the dataset.
-            images, labels = self.images[start:stop].copy(), self.labels[start:stop].copy()
+            images, labels = self.images[idx[0] : idx[-1] + 1].copy(), self.labels[idx[0] : idx[-1] + 1].copy()
         if self.world_size > 1:
-            b = len(images)
-            lo, hi = self.rank * b // self.world_size, (self.rank + 1) * b // self.world_size
+            lo, hi = self.rank_rows(len(images))
             images, labels = np.ascontiguousarray(images[lo:hi]), labels[lo:hi].copy()
-        return images, labels.astype(np.int64, copy=False)
+        # The third item names images that failed to decode; in memory, none can.
+        return images, labels.astype(np.int64, copy=False), ()
 
 
 # Collate functions for DataLoader(batch_size=None, collate_fn=...): module-level so that they
 # pickle into worker processes. They run in the worker, after the batch is built.
 
-def to_torch_nchw(batch: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B, 3, H, W) tensor -- a zero-copy channels_last view of the NHWC batch -- and int64 labels."""
-    images, labels = batch
-    return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels.astype(np.int64, copy=False))
+def to_torch_nchw(batch) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """uint8 (B, 3, H, W) tensor -- a zero-copy channels_last view of the NHWC batch -- int64
+    labels, and the names of replaced images."""
+    images, labels, bad = batch
+    return (torch.from_numpy(images).permute(0, 3, 1, 2),
+            torch.from_numpy(labels.astype(np.int64, copy=False)), bad)
 
 
-def to_numpy_nhwc(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (B, H, W, 3) and int32 labels, left as numpy for the flax side to put on its devices."""
-    images, labels = batch
-    return np.ascontiguousarray(images), labels.astype(np.int32)
+def to_numpy_nhwc(batch) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """uint8 (B, H, W, 3), int32 labels and the names of replaced images, left as numpy for the
+    flax side to put on its devices."""
+    images, labels, bad = batch
+    return np.ascontiguousarray(images), labels.astype(np.int32), bad

@@ -9,6 +9,9 @@ normalises with `mean` / `std` (uploading uint8 moves a quarter of the bytes of 
 
 from __future__ import annotations
 
+import logging
+import os
+
 import lightning as L
 import numpy as np
 import torch
@@ -17,6 +20,9 @@ from torch.utils.data import DataLoader
 from . import sources
 from .batches import BatchDataset, EpochBatchSampler, to_numpy_nhwc, to_torch_nchw
 from .errors import DataError
+from .streamed import StreamedBatchDataset, SubsetImages
+
+log = logging.getLogger(__name__)
 
 # Fixed seeds, deliberately not the run seed: changing --seed must change the shuffling and the
 # augmentation, never which images are validation images or what the synthetic pixels are, or
@@ -28,6 +34,16 @@ CIFAR_VAL_SIZE = 5_000  # the paper's 45k/5k split
 DEFAULT_VAL_FRACTION = 0.1
 
 SPLITS = ("train", "val", "test")
+
+# Streamed photos are normalised with ImageNet's statistics, as torchvision's recipes (and its
+# pretrained weights) expect: measuring them would mean decoding the training set first.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
+
+
+def in_memory_budget() -> int:
+    """Bytes an image folder may take in RAM at 32x32 before it is streamed: a quarter of RAM."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +77,7 @@ class ImageDataModule(L.LightningDataModule):
         synthetic_train_size: int = 10_000,
         synthetic_test_size: int = 2_000,
         download: bool = True,
+        image_size: int = sources.SIZE,
     ) -> None:
         super().__init__()
         # Cheap checks only: __init__ never touches the disk or the network (Lightning may build
@@ -78,6 +95,8 @@ class ImageDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size if eval_batch_size is not None else batch_size)
         self.num_workers = int(num_workers)
         self.seed = int(seed)
+        self.image_size = int(image_size)
+        self.streamed = self.image_size != sources.SIZE  # also when an image folder is too large
         self.rank, self.world_size = 0, 1
         self._source: sources.Source | None = None
 
@@ -97,7 +116,13 @@ class ImageDataModule(L.LightningDataModule):
         if self.dataset == "synthetic":
             kw = dict(seed=SYNTHETIC_DATA_SEED, train_size=self.hparams.synthetic_train_size,
                       test_size=self.hparams.synthetic_test_size)
-        source = sources.load(self.dataset, self.data_dir, **kw)
+        if (self.dataset == "imagefolder" and not self.streamed
+                and sources.imagefolder_bytes_at_32(self.data_dir) > in_memory_budget()):
+            self.streamed = True
+        if self.streamed:
+            source = sources.stream(self.dataset, self.data_dir, image_size=self.image_size, **kw)
+        else:
+            source = sources.load(self.dataset, self.data_dir, **kw)
 
         n = len(source.train_images)
         val_size = self.hparams.val_size
@@ -110,13 +135,22 @@ class ImageDataModule(L.LightningDataModule):
         self.val_indices = np.sort(order[:val_size])
         self.train_indices = np.sort(order[val_size:])
 
-        self.train_images = source.train_images[self.train_indices]
         self.train_labels = source.train_labels[self.train_indices]
-        self.val_images = source.train_images[self.val_indices]
         self.val_labels = source.train_labels[self.val_indices]
         self.test_images, self.test_labels = source.test_images, source.test_labels
-        # From the training split only: the validation images must not leak into preprocessing.
-        self.mean, self.std = channel_stats(self.train_images)
+        if self.streamed:
+            self.train_images = SubsetImages(source.train_images, self.train_indices)
+            self.val_images = SubsetImages(source.train_images, self.val_indices)
+            if source.in_memory:
+                self.mean, self.std = channel_stats(source.train_images.images[self.train_indices])
+            else:
+                self.mean, self.std = IMAGENET_MEAN.copy(), IMAGENET_STD.copy()
+        else:
+            self.train_images = source.train_images[self.train_indices]
+            self.val_images = source.train_images[self.val_indices]
+            # From the training split only: the validation images must not leak into preprocessing.
+            self.mean, self.std = channel_stats(self.train_images)
+        self.bad_images: dict[str, None] = {}  # named once each, in the order first met
 
         if len(self.train_images) < self.batch_size:
             raise DataError(f"--batch-size {self.batch_size} is larger than the {len(self.train_images)} training images of {self.dataset}; lower --batch-size")
@@ -140,6 +174,11 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def hflip(self) -> bool:
         return self._loaded().hflip
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images in every batch."""
+        return (self.image_size, self.image_size, 3)
 
     @property
     def num_train(self) -> int:
@@ -177,15 +216,13 @@ class ImageDataModule(L.LightningDataModule):
         if train and collate_fn is to_torch_nchw and self.trainer is not None:
             position_source = self._trainer_position
         images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
-        dataset = BatchDataset(
-            images, labels,
-            self.batch_size if train else self.eval_batch_size,
-            train=train,
-            seed=self.seed,
-            flip=train and self.hflip,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
+        batch_size = self.batch_size if train else self.eval_batch_size
+        common = dict(train=train, seed=self.seed, flip=train and self.hflip, rank=self.rank,
+                      world_size=self.world_size)
+        if self.streamed:
+            dataset = StreamedBatchDataset(images, labels, batch_size, image_size=self.image_size, **common)
+        else:
+            dataset = BatchDataset(images, labels, batch_size, **common)
         return DataLoader(
             dataset,
             batch_size=None,  # the dataset's items already are batches
@@ -222,6 +259,16 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", to_torch_nchw, torch.cuda.is_available())
+
+    def note_bad_images(self, bad: tuple[str, ...]) -> None:
+        """Record the images a batch replaced (streamed data: files that failed to decode), and
+        name each one once. Both trainers call this with every batch's third item; the count,
+        len(bad_images), is their data/bad_images scalar."""
+        for name in bad:
+            if name not in self.bad_images:
+                self.bad_images[name] = None
+                log.warning(f"warning: cannot decode {name}; replaced by the next image of its "
+                            f"split (counted in data/bad_images)")
 
     def numpy_dataloader(self, split: str) -> DataLoader:
         """The same batches as the torch loaders, as NHWC uint8 / int32 numpy (never pinned).

@@ -1,7 +1,9 @@
-"""Data sources: each loads a whole dataset into memory as uint8 NHWC numpy arrays.
+"""Data sources: which images, which labels, which class names, may they be mirrored.
 
-Everything downstream (splitting, augmentation, batching) works on these arrays, so a source
-only has to answer "which images, which labels, which class names, may they be mirrored".
+`load` reads a whole dataset into memory as uint8 NHWC arrays at CIFAR's 32x32. `stream` gives
+the same answers for images decoded later, per batch, at any size (datamodules/streamed.py): an
+image folder as file names only, synthetic images made on demand, or the in-memory sources'
+arrays served one image at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torchvision
 
 from .errors import DataError, one_line
+from .streamed import ArrayImages, FileImages, RandomImages
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
 
@@ -38,6 +41,20 @@ class Source:
             assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (SIZE, SIZE, 3), images.shape
             assert images.flags.c_contiguous
             assert labels.dtype == np.int64 and labels.shape == (len(images),), labels.shape
+
+
+@dataclass(frozen=True, eq=False)
+class StreamedSource:
+    """A source whose images are decoded per batch: `*_images` are FileImages, ArrayImages or
+    RandomImages (len(), .open(i), .subset(indices)). `in_memory` says whether the pixels are
+    in RAM anyway (then the DataModule takes the channel statistics from them)."""
+    train_images: object
+    train_labels: np.ndarray
+    test_images: object
+    test_labels: np.ndarray
+    classes: tuple[str, ...]
+    hflip: bool
+    in_memory: bool
 
 
 def _source(train_images, train_labels, test_images, test_labels, classes, hflip) -> Source:
@@ -202,7 +219,9 @@ def _read_images(samples: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarra
     return images, labels
 
 
-def _load_imagefolder(data_dir: str | os.PathLike) -> Source:
+def scan_imagefolder(data_dir: str | os.PathLike):
+    """(classes, train samples, test samples) of an image folder, from file names alone;
+    every file must be readable by this process (one stat each)."""
     root = Path(data_dir).expanduser()
     classes, train_samples = _scan(root / "train", require_every_class=True)
     eval_dir = root / "test" if (root / "test").is_dir() else root / "val"
@@ -217,6 +236,20 @@ def _load_imagefolder(data_dir: str | os.PathLike) -> Source:
             f"class folders differ between {root / 'train'} and {eval_dir} "
             f"(only in train: {only_train}, only in {eval_dir.name}: {only_eval}); make them the same (--data-dir)"
         )
+    for path, _ in (*train_samples, *test_samples):
+        if not os.access(path, os.R_OK):
+            raise DataError(f"cannot read image {path} (permission denied); fix its permissions or remove it (--data-dir)")
+    return classes, train_samples, test_samples
+
+
+def imagefolder_bytes_at_32(data_dir: str | os.PathLike) -> int:
+    """What the folder would take in memory at 32x32 (the DataModule streams it when too much)."""
+    _, train, test = scan_imagefolder(data_dir)
+    return (len(train) + len(test)) * SIZE * SIZE * 3
+
+
+def _load_imagefolder(data_dir: str | os.PathLike) -> Source:
+    classes, train_samples, test_samples = scan_imagefolder(data_dir)
     train_images, train_labels = _read_images(train_samples)
     test_images, test_labels = _read_images(test_samples)
     return _source(train_images, train_labels, test_images, test_labels, classes, hflip=True)
@@ -295,3 +328,28 @@ def load(name: str, data_dir: str | os.PathLike = "./data", **kw) -> Source:
     """
     _check_name(name)
     return _LOADERS[name](data_dir, **kw)
+
+
+def stream(name: str, data_dir: str | os.PathLike = "./data", *, image_size: int, seed: int = 0,
+           train_size: int = 10_000, test_size: int = 2_000, num_classes: int = 10) -> StreamedSource:
+    """Dataset `name` as images to decode per batch: an image folder's files; synthetic images
+    of round(S * 256 / 224) pixels a side (the size of a photo resized for evaluation), made
+    from (seed, index) when asked for; anything else in memory at 32x32, served one by one."""
+    _check_name(name)
+    if name == "imagefolder":
+        classes, train, test = scan_imagefolder(data_dir)
+        return StreamedSource(FileImages([p for p, _ in train]), np.array([c for _, c in train], dtype=np.int64),
+                              FileImages([p for p, _ in test]), np.array([c for _, c in test], dtype=np.int64),
+                              tuple(classes), hflip=True, in_memory=False)
+    if name == "synthetic":
+        if train_size < 1 or test_size < 1 or num_classes < 1:
+            raise DataError(f"synthetic data needs positive sizes (train {train_size}, test {test_size}, classes {num_classes}); pass positive synthetic_train_size / synthetic_test_size to ImageDataModule")
+        side = round(image_size * 256 / 224)
+        rng = np.random.default_rng(seed)
+        return StreamedSource(RandomImages(train_size, side, seed), rng.integers(0, num_classes, train_size),
+                              RandomImages(test_size, side, seed + 1), rng.integers(0, num_classes, test_size),
+                              tuple(str(c) for c in range(num_classes)), hflip=True, in_memory=False)
+    source = load(name, data_dir)
+    return StreamedSource(ArrayImages(source.train_images), source.train_labels,
+                          ArrayImages(source.test_images), source.test_labels, source.classes,
+                          source.hflip, in_memory=True)

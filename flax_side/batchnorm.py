@@ -13,7 +13,7 @@ no `axis_name` is needed for data parallelism.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax.numpy as jnp
 from jax import lax
@@ -26,6 +26,7 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-5
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    scale_init: Callable = nn.initializers.ones  # zeros for zero_init_residual's last BatchNorm
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, use_running_average: bool | None = None) -> jnp.ndarray:
@@ -36,7 +37,7 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stats_dtype)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats_dtype)
         tracked = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
-        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
 
         if use_running_average:

@@ -1,7 +1,9 @@
-"""Weights torch <-> flax, for either side's CIFAR ResNets.
+"""Weights torch <-> flax, for either side's ResNets (CIFAR, and torchvision's ImageNet ones).
 
-The only file of the flax side that touches torch. Names map mechanically because the two
-models.py files use the same names (`layer1.0.conv1.weight` <-> `layer1_0/conv1/kernel`):
+The only file of the flax side that touches torch. Names map mechanically because the flax
+models use torch's names with every `.<index>` of a torch Sequential written `_<index>`
+(`layer1.0.conv1.weight` <-> `layer1_0/conv1/kernel`, `layer2.0.downsample.1.running_var` <->
+`layer2_0/downsample_1/var`):
 
     conv weight (O, I, kh, kw)   <-> kernel (kh, kw, I, O)
     linear weight (out, in)      <-> kernel (in, out)
@@ -36,16 +38,18 @@ _BN_FLAX_TO_TORCH = {v: k for k, v in _BN_TORCH_TO_FLAX.items()}
 
 
 def _module_to_flax(module: str) -> tuple[str, ...]:
-    # "layer1.0.conv1" -> ("layer1_0", "conv1")
-    return tuple(re.sub(r"^(layer\d+)\.(\d+)", r"\1_\2", module).split("."))
+    # "layer1.0.downsample.1" -> ("layer1_0", "downsample_1")
+    return tuple(re.sub(r"\.(\d+)", r"_\1", module).split("."))
 
 
 def _module_to_torch(path: tuple[str, ...]) -> str:
-    return re.sub(r"^(layer\d+)_(\d+)", r"\1.\2", ".".join(path))
+    return ".".join(re.sub(r"_(\d+)$", r".\1", name) for name in path)
 
 
 def _is_bn(module: str) -> bool:
-    return module.split(".")[-1].startswith(("bn", "shortcut_bn"))
+    # bn1, bn2, bn3, shortcut_bn, and torchvision's downsample.1 (its Sequential's BatchNorm)
+    last = module.split(".")[-1]
+    return last.startswith(("bn", "shortcut_bn")) or module.endswith("downsample.1")
 
 
 def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict]:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from datamodules import ImageDataModule
 from flax_side import checkpoint
+from flax_side.compiler_options import step_compiler_options
 from flax_side.models import create_model
 from flax_side.schedules import create_schedule, optimizer_steps_per_epoch
 from flax_side.state import TrainState, create_train_state, initial_variables
@@ -145,7 +146,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
     # Data: the shared DataModule, uint8 NHWC batches that depend only on (seed, epoch, index).
     data = ImageDataModule(dataset=config.dataset, data_dir=config.data_dir,
                            batch_size=config.batch_size, num_workers=config.num_workers,
-                           seed=config.seed)
+                           seed=config.seed, image_size=config.image_size)
     data.prepare_data()
     data.setup()
     if processes > 1:
@@ -153,10 +154,11 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
     loaders = {split: data.numpy_dataloader(split) for split in ("train", "val", "test")}
     steps_per_epoch = optimizer_steps_per_epoch(config, data.steps_per_epoch)
     schedule = create_schedule(config, steps_per_epoch)
-    image_shape = data.train_images.shape[1:]
+    image_shape = data.image_shape
 
     # Model and state: fresh from --seed, or --init-from weights, or everything from --resume.
-    model = create_model(config.model, data.num_classes, dtype=compute_dtype, param_dtype=param_dtype)
+    model = create_model(config.model, data.num_classes, dtype=compute_dtype, param_dtype=param_dtype,
+                         zero_init_residual=config.zero_init_residual)
     rng, init_rng = jax.random.split(jax.random.key(config.seed))
     init = functools.partial(initial_variables, model, image_shape=image_shape)
     make_state = functools.partial(create_train_state, model, schedule=schedule,
@@ -200,13 +202,15 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
     images_spec = jax.ShapeDtypeStruct((config.batch_size, *image_shape), jnp.uint8, sharding=batch_sharding)
     labels_spec = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=batch_sharding)
     mask_spec = jax.ShapeDtypeStruct((config.batch_size,), jnp.bool_, sharding=batch_sharding)
+    options = step_compiler_options()  # on a CPU: no fusion pass (flax_side/compiler_options.py)
     p_train_step = jax.jit(functools.partial(train_step, schedule=schedule, **static),
-                           donate_argnums=0, out_shardings=replicated
+                           donate_argnums=0, out_shardings=replicated, compiler_options=options
                            ).lower(state, (images_spec, labels_spec)).compile()
-    p_eval_step = jax.jit(functools.partial(eval_step, **static), out_shardings=replicated
+    p_eval_step = jax.jit(functools.partial(eval_step, **static), out_shardings=replicated,
+                          compiler_options=options
                           ).lower(state, (images_spec, labels_spec), mask_spec).compile()
     evaluate_on = functools.partial(evaluate, p_eval_step, batch_size=config.batch_size // processes,
-                                    sharding=batch_sharding)
+                                    sharding=batch_sharding, note_bad_images=data.note_bad_images)
 
     train_seconds, train_images = 0.0, 0
     status = "failed"
@@ -220,7 +224,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                     p_train_step, state, loaders["train"], epoch=epoch,
                     steps=steps_per_epoch - first_batch, log_every=config.log_every, logger=logger,
                     sharding=batch_sharding, check_finite=not loss_scaling, manager=manager, stop=stop,
-                    progress_bar=lead)
+                    progress_bar=lead, note_bad_images=data.note_bad_images)
             if stop.requested:
                 # A mid-epoch checkpoint, never the best (val/acc -1), that --resume continues
                 # with the epoch's next batch.
@@ -237,7 +241,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
             logger.log_metrics({"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
                                 "perf/epoch_seconds": seconds,
                                 "perf/train_images_per_sec": images / seconds,
-                                "perf/peak_memory_mb": peak_memory_mb()}, step=step)
+                                "perf/peak_memory_mb": peak_memory_mb(),
+                                "data/bad_images": len(data.bad_images)}, step=step)
             if not loss_scaling and not math.isfinite(val["loss"]):
                 raise diverged("val/loss", val["loss"], step, manager)
             checkpoint.save(manager, state, rng, epochs_done=epoch + 1,
@@ -279,7 +284,8 @@ def peak_memory_mb() -> float:
 def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, epoch: int,
                 steps: int, log_every: int, logger: TensorBoardLogger, sharding: NamedSharding,
                 check_finite: bool, manager: Any, stop: "StopRequest | None" = None,
-                progress_bar: bool = True) -> tuple[TrainState, float]:
+                progress_bar: bool = True,
+                note_bad_images: Callable = lambda bad: None) -> tuple[TrainState, float]:
     """One epoch of `steps` optimizer steps; returns the state and the loop's wall seconds.
 
     Metrics stay on the device; the host reads them only on logging steps."""
@@ -287,7 +293,8 @@ def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, 
     bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
                disable=not progress_bar)
     start = time.perf_counter()
-    for i, batch in enumerate(prefetch_to_device(itertools.islice(loader, steps), sharding)):
+    batches = without_names(itertools.islice(loader, steps), note_bad_images)
+    for i, batch in enumerate(prefetch_to_device(batches, sharding)):
         state, metrics = p_train_step(state, batch)
         step = first_step + i
         log_step = (step + 1) % log_every == 0
@@ -309,14 +316,21 @@ def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, 
     return state, seconds
 
 
+def without_names(batches: Iterable, note_bad_images: Callable) -> Iterator:
+    """(images, labels) of each loader batch; its third item, the names of images that failed to
+    decode and were replaced, goes to the DataModule (which counts and names them)."""
+    for images, labels, bad in batches:
+        note_bad_images(bad)
+        yield images, labels
+
+
 def evaluate(p_eval_step: Callable, state: TrainState, loader: Iterable, *, limit: int | None,
-             batch_size: int, sharding: NamedSharding) -> dict[str, float]:
+             batch_size: int, sharding: NamedSharding,
+             note_bad_images: Callable = lambda bad: None) -> dict[str, float]:
     """Exact means over the split (or its first `limit` batches): the last, partial batch is
     padded to the compiled batch size (`batch_size`: this process's rows) and masked out of the sums."""
     totals = None
-    for i, (images, labels) in enumerate(loader):
-        if limit is not None and i == limit:
-            break
+    for images, labels in without_names(itertools.islice(loader, limit), note_bad_images):
         n = len(labels)
         pad = batch_size - n
         images = np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))

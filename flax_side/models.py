@@ -1,4 +1,5 @@
-"""The CIFAR ResNets of He et al. (2016) in Flax linen, NHWC.
+"""The ResNets in Flax linen, NHWC: He et al.'s CIFAR ResNets here, torchvision's ImageNet ResNets
+in flax_side/torchvision_resnet.py; `create_model` builds either.
 
 Mirrors lightning_side/models.py name for name (`layer1_0` here is `layer1.0` there), with the same
 initialisation scheme: conv kernels He-normal (fan_in, gain sqrt(2), *untruncated*: flax's
@@ -17,8 +18,10 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
+from flax_side import torchvision_resnet
 from flax_side.batchnorm import BatchNorm
-from harness.architectures import ARCHITECTURES, MODEL_NAMES, unknown_model_message
+from harness.architectures import (CIFAR_ARCHITECTURES, IMAGENET_ARCHITECTURES, MODEL_NAMES,
+                                   unknown_model_message)
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # untruncated normal
 dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
@@ -31,6 +34,7 @@ class BasicBlock(nn.Module):
     features: int
     stride: int
     shortcut: str
+    zero_init_residual: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -43,7 +47,8 @@ class BasicBlock(nn.Module):
         out = conv(self.features, (3, 3), self.stride, padding=PAD_3X3, name="conv1")(x)
         out = nn.relu(norm(name="bn1")(out))
         out = conv(self.features, (3, 3), 1, padding=PAD_3X3, name="conv2")(out)
-        out = norm(name="bn2")(out)
+        out = norm(name="bn2", scale_init=nn.initializers.zeros if self.zero_init_residual
+                   else nn.initializers.ones)(out)
 
         in_features = x.shape[-1]
         if self.stride == 1 and in_features == self.features:
@@ -65,6 +70,7 @@ class CifarResNet(nn.Module):
     blocks_per_stage: tuple[int, ...]
     shortcut: str
     num_classes: int = 10
+    zero_init_residual: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -80,7 +86,7 @@ class CifarResNet(nn.Module):
         for stage, (width, blocks) in enumerate(zip(self.widths, self.blocks_per_stage), start=1):
             for i in range(blocks):
                 stride = 2 if stage > 1 and i == 0 else 1
-                x = BasicBlock(width, stride, self.shortcut, dtype=self.dtype,
+                x = BasicBlock(width, stride, self.shortcut, self.zero_init_residual, dtype=self.dtype,
                                param_dtype=self.param_dtype, name=f"layer{stage}_{i}")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         # Logits in float32 (or wider), so the loss is never computed in half precision.
@@ -90,13 +96,15 @@ class CifarResNet(nn.Module):
         return x
 
 
-
-
 def create_model(name: str, num_classes: int = 10, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32) -> CifarResNet:
-    """A CIFAR ResNet applied as `model.apply(variables, x_nhwc, train=..., mutable=...)`."""
-    if name not in ARCHITECTURES:
+                 param_dtype: Any = jnp.float32, zero_init_residual: bool = False) -> nn.Module:
+    """A ResNet applied as `model.apply(variables, x_nhwc, train=..., mutable=...)`."""
+    if name in IMAGENET_ARCHITECTURES:
+        block, blocks = IMAGENET_ARCHITECTURES[name]
+        return torchvision_resnet.ResNet(block, blocks, num_classes, zero_init_residual,
+                                         dtype=dtype, param_dtype=param_dtype)
+    if name not in CIFAR_ARCHITECTURES:
         raise ValueError(unknown_model_message(name))
-    widths, blocks, shortcut = ARCHITECTURES[name]
-    return CifarResNet(widths, (blocks,) * len(widths), shortcut, num_classes,
+    widths, blocks, shortcut = CIFAR_ARCHITECTURES[name]
+    return CifarResNet(widths, (blocks,) * len(widths), shortcut, num_classes, zero_init_residual,
                        dtype=dtype, param_dtype=param_dtype)

@@ -2,6 +2,7 @@
 
     python -m harness.benchmark                          # resnet20, batch 128, fp32, this machine
     python -m harness.benchmark --model resnet56 --devices 2 --steps 50 --no-compile
+    python -m harness.benchmark --depth                  # resnet20..110: cost per image against depth
 
 Each measurement runs in a fresh process of its own, so neither side warms the other's caches:
 
@@ -18,11 +19,16 @@ with the ratio of the best of each side and end-to-end/raw, plus FLOP utilisatio
 image from XLA's cost analysis of the flax train step, against the faster of torch's and XLA's
 float32 matmul. Below it, one convolution per stage timed in both frameworks shows where the
 step time goes. Figures differ up to 3x between machines of one kind: compare the ratios of one run.
+
+`--depth` measures instead the raw step of resnet20/32/44/56/110 on both sides (flax also with
+XLA's default compiler options, the before of flax_side/compiler_options.py): images/s, cost per
+image relative to resnet20, and peak memory, so that growth with depth is compared in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -31,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness.runs import host_peak_memory_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("lightning", "flax")
@@ -80,20 +88,22 @@ def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: boo
     for _ in range(steps):
         step()
     sync()
-    return {"raw": steps * batch / (time.perf_counter() - start), "first_step": first}
+    return {"raw": steps * batch / (time.perf_counter() - start), "first_step": first,
+            "peak_mb": (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                        else host_peak_memory_mb())}
 
 
-def _flax_step(model: str, batch: int, devices: int):
+def _flax_step(model: str, batch: int, devices: int, xla_defaults: bool = False):
     """(compiled train step, state, batch): the flax side's step over a synthetic batch that is
-    already sharded over `devices` devices. JAX is imported here, after XLA_FLAGS is set."""
-    import functools
-
+    already sharded over `devices` devices, compiled with train.py's options (or XLA's defaults).
+    JAX is imported here, after XLA_FLAGS is set."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+    from flax_side.compiler_options import step_compiler_options
     from flax_side.models import create_model
     from flax_side.state import create_train_state, initial_variables
     from flax_side.steps import train_step
@@ -110,15 +120,18 @@ def _flax_step(model: str, batch: int, devices: int):
                            rng.integers(0, 10, batch).astype(np.int32)), NamedSharding(mesh, P("data")))
     step = jax.jit(functools.partial(train_step, mean=np.full(3, 127.0), std=np.full(3, 64.0),
                                      input_dtype=jnp.float32, label_smoothing=0.0, schedule=schedule),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options={} if xla_defaults else step_compiler_options())
     return step.lower(state, data).compile(), state, data
 
 
-def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = False) -> dict:
+def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = False,
+             xla_defaults: bool = False) -> dict:
     if devices > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={devices}")
-    compiled, state, data = _flax_step(model, batch, devices)
+    start = time.perf_counter()
+    compiled, state, data = _flax_step(model, batch, devices, xla_defaults)
+    compile_seconds = time.perf_counter() - start
     import jax
 
     cost = compiled.cost_analysis()
@@ -133,7 +146,10 @@ def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = F
     for _ in range(steps):
         state, _ = compiled(state, data)
     jax.block_until_ready(state)
+    stats = jax.local_devices()[0].memory_stats() or {}
     return {"raw": steps * batch / (time.perf_counter() - start), "first_step": first,
+            "compile_s": compile_seconds,
+            "peak_mb": stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else host_peak_memory_mb(),
             # XLA counts the FLOPs of one device's share of the sharded program.
             "flops_per_image": float(cost.get("flops", float("nan"))) * devices / batch}
 
@@ -149,7 +165,7 @@ def data_pipeline(batch: int, steps: int, workers: int) -> dict:
     next(it)  # workers started
     start = time.perf_counter()
     n = 0
-    for images, _ in it:
+    for images, _, _ in it:
         n += len(images)
     return {"data": n / (time.perf_counter() - start)}
 
@@ -259,7 +275,8 @@ def conv_profile(batch: int, steps: int) -> dict:
     return result
 
 
-WORKERS = {"raw-lightning": raw_lightning, "raw-flax": raw_flax}
+WORKERS = {"raw-lightning": raw_lightning, "raw-flax": raw_flax,
+           "raw-flax-xla-defaults": functools.partial(raw_flax, xla_defaults=True)}
 
 
 # --------------------------------------------------------------------------- the driver
@@ -291,6 +308,64 @@ def _end_to_end(side: str, args: argparse.Namespace, logdir: Path, devices: int 
     acc = EventAccumulator(str(logdir / side / run_name / "version_0"))
     acc.Reload()
     return acc.Scalars("perf/train_images_per_sec")[-1].value
+
+
+DEPTH_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
+
+
+def depth_configurations(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(column, worker, devices) of the depth table."""
+    columns = [("lightning", "raw-lightning", 1), ("flax", "raw-flax", 1),
+               ("flax, XLA defaults", "raw-flax-xla-defaults", 1)]
+    if args.devices > 1:
+        columns.append((f"flax, {args.devices} devices", "raw-flax", args.devices))
+    return columns
+
+
+def depth_measurements(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
+    """model -> column -> raw-step result. Deeper models get fewer timed steps (about the same
+    time each); the columns of one model run one after the other, so drift hits them alike."""
+    results: dict[str, dict[str, dict]] = {}
+    for model in args.depth_models:
+        layers = int(model.removeprefix("resnet"))
+        steps = max(3, round(args.steps * 20 / layers))
+        run = argparse.Namespace(**{**vars(args), "model": model, "steps": steps})
+        results[model] = {column: _worker(worker, run, devices)
+                          for column, worker, devices in depth_configurations(args)}
+        print(f"  {model}: " + ", ".join(f"{c} {r['raw']:,.0f} images/s" for c, r in results[model].items()),
+              file=sys.stderr, flush=True)
+    return results
+
+
+def depth_table(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> str:
+    columns = [c[0] for c in depth_configurations(args)]
+    models = list(results)
+    base, deepest = models[0], models[-1]
+
+    def cost(model, column):  # seconds per image, relative to the shallowest model
+        return results[base][column]["raw"] / results[model][column]["raw"]
+
+    lines = [f"Cost against depth: raw step, batch {args.batch_size}, fp32; {cpu_name()}", "",
+             "images/s (cost per image relative to " + base + "):", "",
+             f"| model | {' | '.join(columns)} |", f"| --- |{' ---: |' * len(columns)}"]
+    for model in models:
+        cells = [f"{results[model][c]['raw']:,.0f} (×{cost(model, c):.2f})" for c in columns]
+        lines.append(f"| {model} | {' | '.join(cells)} |")
+    flax_columns = [c for c in columns if c != "lightning"]
+    lines += ["", "peak memory (MB) and flax compile time (s):", "",
+              f"| model | {' | '.join(f'{c} MB' for c in columns)} | "
+              f"{' | '.join(f'{c} compile s' for c in flax_columns)} |",
+              f"| --- |{' ---: |' * (len(columns) + len(flax_columns))}"]
+    for model in models:
+        cells = [f"{results[model][c]['peak_mb']:,.0f}" for c in columns]
+        cells += [f"{results[model][c]['compile_s']:.1f}" for c in flax_columns]
+        lines.append(f"| {model} | {' | '.join(cells)} |")
+    if deepest != base:
+        growth = {c: cost(deepest, c) for c in columns}
+        lines += ["", f"- {base} → {deepest}, cost per image: lightning ×{growth['lightning']:.2f}; "
+                  + "; ".join(f"{c} ×{growth[c]:.2f} ({growth[c] / growth['lightning']:.2f}× "
+                              f"lightning's growth)" for c in flax_columns)]
+    return "\n".join(lines)
 
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, str, int, bool]]:
@@ -378,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="time one convolution per stage in torch and XLA, and the flax step "
                              "by kind of XLA operation")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--depth", action="store_true",
+                        help="instead of the table above: the raw step of resnet20/32/44/56/110 on "
+                             "both sides, cost per image against depth, peak memory")
+    parser.add_argument("--depth-models", nargs="+", default=list(DEPTH_MODELS), metavar="MODEL",
+                        help="the models of --depth, shallowest first (default: %(default)s)")
     parser.add_argument("--worker", choices=[*WORKERS, "data", "peak", "convs", "xla"],
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -395,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
             result = WORKERS[args.worker](args.model, args.batch_size, args.steps, args.devices,
                                           args.compile)
         print(json.dumps(result))
+        return 0
+
+    if args.depth:
+        print(depth_table(depth_measurements(args), args))
         return 0
 
     results: dict = {}

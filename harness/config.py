@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import yaml
 
 from datamodules.sources import DATASETS
-from harness.architectures import MODEL_NAMES
+from harness.architectures import MODEL_NAMES, default_image_size
 
 MODELS = MODEL_NAMES
 SCHEDULES = ("multistep", "cosine", "onecycle")
@@ -33,7 +33,15 @@ def _flag(help: str, default: Any = None, **argparse_kwargs: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    model: str = _flag("network to train", "resnet20", choices=MODELS)
+    model: str = _flag("network to train: He et al.'s CIFAR ResNets (resnet20..110, resnet18-cifar) "
+                       "or torchvision's ImageNet ResNets (resnet18, resnet34, resnet50)", "resnet20",
+                       choices=MODELS)
+    image_size: int = _flag("side of the square images the network sees (default: 32 for the CIFAR "
+                            "networks, 224 for resnet18/34/50); above 32, images are decoded per "
+                            "batch in the loader's workers, never all held in memory", None)
+    zero_init_residual: bool = _flag("start the last BatchNorm of every residual block at scale 0, "
+                                     "so each block starts as the identity (torchvision's option)",
+                                     False)
     dataset: str = _flag("data source; 'digits' ships with scikit-learn and needs no network",
                          "cifar10", choices=DATASETS)
     data_dir: str = _flag("where datasets are read from (and CIFAR downloaded to)", "./data")
@@ -78,10 +86,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.run_name is None:
             self.run_name = f"{self.model}-{self.dataset}"
+        if self.image_size is None and self.model in MODELS:
+            self.image_size = default_image_size(self.model)
 
     def validate(self) -> list[str]:
         """Problems a user can fix, each as one line naming the flag."""
         problems = []
+        if self.image_size is not None and self.image_size < 8:
+            problems.append(f"--image-size must be at least 8 pixels, got {self.image_size}")
         for name in ("epochs", "batch_size", "log_every", "devices", "num_nodes"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
@@ -143,7 +155,7 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser(side: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python {side}_side/train.py",
-        description=f"Train a CIFAR ResNet with the {side.capitalize()} side of the harness. "
+        description=f"Train a ResNet with the {side.capitalize()} side of the harness. "
                     "The other side's train.py takes the very same flags.",
         epilog="Example: python %s_side/train.py --dataset digits --epochs 10 --schedule cosine "
                "--warmup-epochs 1" % side)

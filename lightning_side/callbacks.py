@@ -72,6 +72,28 @@ class EpochThroughput(L.Callback):
         return self.total_images / self.total_seconds if self.total_seconds else float("nan")
 
 
+class BadImages(L.Callback):
+    """data/bad_images: how many images failed to decode so far and were replaced (streamed
+    data; always 0 in memory), at the end of every epoch. The DataModule names each one once."""
+
+    def _note(self, trainer, batch) -> None:
+        trainer.datamodule.note_bad_images(batch[2])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._note(trainer, batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._note(trainer, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._note(trainer, batch)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and trainer.logger is not None:
+            trainer.logger.log_metrics({"data/bad_images": len(trainer.datamodule.bad_images)},
+                                       step=trainer.global_step - 1)
+
+
 class TrainingError(Exception):
     """A run that cannot go on (a diverged loss); the message is one line."""
 

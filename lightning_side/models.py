@@ -1,8 +1,11 @@
-"""The CIFAR ResNets of He et al. (2016) in PyTorch, NCHW.
+"""The ResNets in PyTorch, NCHW: He et al.'s CIFAR ResNets, and torchvision's ImageNet ones.
 
 resnet20/32/44/56/110: three stages of 16/32/64 channels, option-A shortcuts (stride-2 subsampling
-plus zero-padded channels, no parameters). resnet18: the usual CIFAR variant (3x3 stride-1 stem,
-no max-pool, four stages of 64..512 channels, 1x1 conv + BN projection shortcuts).
+plus zero-padded channels, no parameters). resnet18-cifar: the usual CIFAR variant (3x3 stride-1
+stem, no max-pool, four stages of 64..512 channels, 1x1 conv + BN projection shortcuts).
+
+resnet18/34/50 are torchvision's own models (`torchvision.models.resnet50(weights=None, ...)`), with
+torchvision's initialisation, so any torchvision state_dict loads into them as it is.
 
 Mirrors flax_side/models.py name for name, so that flax_side/convert.py maps weights mechanically.
 The initialisation scheme is the one documented in the README and implemented identically there:
@@ -14,9 +17,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
-from harness.architectures import ARCHITECTURES, MODEL_NAMES, unknown_model_message
+from harness.architectures import (CIFAR_ARCHITECTURES, IMAGENET_ARCHITECTURES, MODEL_NAMES,
+                                   unknown_model_message)
 
 # torch's momentum is the weight of the new batch statistic; flax's is the decay of the old one
 # (flax momentum 0.9 == torch momentum 0.1).
@@ -103,11 +108,21 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def create_model(name: str, num_classes: int = 10, zero_init_residual: bool = False) -> nn.Module:
+    """A freshly initialised ResNet taking NCHW float input.
 
-
-def create_model(name: str, num_classes: int = 10) -> CifarResNet:
-    """A freshly initialised CIFAR ResNet taking NCHW float input."""
-    if name not in ARCHITECTURES:
+    `zero_init_residual`: the last BatchNorm of every residual block starts at scale 0, so each
+    block starts as the identity (Goyal et al. 2017; torchvision's option of the same name).
+    """
+    if name in IMAGENET_ARCHITECTURES:
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes,
+                                                 zero_init_residual=zero_init_residual)
+    if name not in CIFAR_ARCHITECTURES:
         raise ValueError(unknown_model_message(name))
-    widths, blocks, shortcut = ARCHITECTURES[name]
-    return CifarResNet(widths, blocks, shortcut, num_classes)
+    widths, blocks, shortcut = CIFAR_ARCHITECTURES[name]
+    model = CifarResNet(widths, blocks, shortcut, num_classes)
+    if zero_init_residual:
+        for block in model.modules():
+            if isinstance(block, BasicBlock):
+                nn.init.zeros_(block.bn2.weight)
+    return model

@@ -1,4 +1,4 @@
-"""The LightningModule: a CIFAR ResNet with its loss, metrics, optimizer and LR schedule."""
+"""The LightningModule: a ResNet with its loss, metrics, optimizer and LR schedule."""
 
 from __future__ import annotations
 
@@ -43,11 +43,12 @@ class ResNetModule(L.LightningModule):
         mean: Sequence[float] = (127.5, 127.5, 127.5),
         std: Sequence[float] = (64.0, 64.0, 64.0),
         channels_last: bool = True,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         # The trainer logs the full run configuration itself, the same dict as the flax side.
         self.save_hyperparameters(logger=False)
-        self.model = create_model(model, num_classes)
+        self.model = create_model(model, num_classes, zero_init_residual)
         if channels_last:  # the loader already serves channels_last views; CPU and GPU convs prefer it
             self.model = self.model.to(memory_format=torch.channels_last)
         # uint8 images are normalised here, on the device, in 0..255 units (the DataModule's stats).
@@ -73,7 +74,7 @@ class ResNetModule(L.LightningModule):
                                else logits, labels, label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch, batch_idx):
-        images, labels = batch
+        images, labels, _ = batch  # the third item names replaced images (callbacks.BadImages)
         logits = self(images)
         loss = self.loss(logits, labels)
         self.train_acc(logits, labels)
@@ -93,7 +94,7 @@ class ResNetModule(L.LightningModule):
         self._common_step(batch, "test")
 
     def _common_step(self, batch, stage: str) -> None:
-        images, labels = batch
+        images, labels, _ = batch
         logits = self(images)
         loss = self.loss(logits, labels)
         # Exact dataset means: the loss weighted by batch size (the last batch may be partial).

@@ -26,7 +26,7 @@ from lightning.pytorch.plugins import MixedPrecision
 from datamodules import DataError, ImageDataModule
 from harness.config import TrainConfig, fail, parse_config
 from harness.runs import run_root, summary_line, versions
-from lightning_side.callbacks import (EpochThroughput, LatestCheckpoints, SkippedSteps,
+from lightning_side.callbacks import (BadImages, EpochThroughput, LatestCheckpoints, SkippedSteps,
                                       StopBetweenSteps, StopOnNonFiniteLoss, TrainingError)
 from lightning_side.module import ResNetModule
 from lightning_side.sync_batchnorm import GlobalBatchNormSync
@@ -151,7 +151,7 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
 
     datamodule = ImageDataModule(dataset=config.dataset, data_dir=config.data_dir,
                                  batch_size=config.batch_size, num_workers=config.num_workers,
-                                 seed=config.seed)
+                                 seed=config.seed, image_size=config.image_size)
     datamodule.prepare_data()
     datamodule.setup()
     module = ResNetModule(
@@ -159,7 +159,8 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
         momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay,
         schedule=config.schedule, milestones=tuple(config.milestones),
         warmup_epochs=config.warmup_epochs, label_smoothing=config.label_smoothing,
-        mean=datamodule.mean.tolist(), std=datamodule.std.tolist())
+        mean=datamodule.mean.tolist(), std=datamodule.std.tolist(),
+        zero_init_residual=config.zero_init_residual)
     if config.precision == "64-true":
         # Lightning restores a --resume checkpoint into the module before its precision plugin
         # casts the module to float64, so float32 parameters would round the float64 weights
@@ -183,7 +184,7 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
     latest = LatestCheckpoints(monitor="step", mode="max", save_top_k=KEEP_LAST, save_last="link",
                                filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
     throughput = EpochThroughput()
-    trainer = build_trainer(config, logger, [checkpoint, latest, throughput,
+    trainer = build_trainer(config, logger, [checkpoint, latest, throughput, BadImages(),
                                              StopOnNonFiniteLoss(config.log_every),
                                              SkippedSteps(config.log_every), *callbacks,
                                              StopBetweenSteps(config.log_every)])  # last

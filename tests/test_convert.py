@@ -21,7 +21,7 @@ def images(n=8, seed=0, dtype=np.float32):
     return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(dtype)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet18-cifar", "resnet18", "resnet50"])
 def test_converted_weights_give_equal_logits_in_eval_mode(name):
     torch_model = create_torch_model(name).eval()
     # Non-trivial running statistics, so eval mode really uses them.
@@ -68,7 +68,7 @@ def test_train_mode_logits_and_running_statistics_agree(dtype, tol):
     assert rel_err(stem_update * (n - 1) / n, stem_update) > 1e-5
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet18-cifar", pytest.param("resnet50", marks=pytest.mark.slow)])
 def test_flax_to_torch_to_flax_round_trip_is_exact(name):
     model = create_flax_model(name)
     variables = model.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)), train=False)
@@ -86,7 +86,7 @@ def test_flax_to_torch_to_flax_round_trip_is_exact(name):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_torch_to_flax_to_torch_round_trip_is_exact(dtype):
-    torch_model = create_torch_model("resnet18").to(dtype)
+    torch_model = create_torch_model("resnet50").to(dtype)
     torch_model.train()(torch.from_numpy(images(4)).to(dtype))  # moves the running stats
     state_dict = torch_model.state_dict()
     back = flax_to_torch(torch_to_flax(state_dict))
@@ -94,7 +94,7 @@ def test_torch_to_flax_to_torch_round_trip_is_exact(dtype):
     for key, value in state_dict.items():
         assert back[key].dtype == value.dtype, key
         assert torch.equal(back[key], value), key
-    create_torch_model("resnet18").to(dtype).load_state_dict(back, strict=True)
+    create_torch_model("resnet50").to(dtype).load_state_dict(back, strict=True)
 
 
 def test_conversion_copies_rather_than_aliases_torch_memory():
@@ -110,3 +110,26 @@ def test_unexpected_state_dict_entries_are_rejected():
     state_dict["extra.weight"] = torch.zeros(3)
     with pytest.raises(KeyError, match="extra.weight"):
         torch_to_flax(state_dict)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_imagenet_models_agree_in_float64_in_both_modes(name):
+    """torchvision's model and its linen twin, from one torchvision state_dict. At 65 px, an odd
+    size, so any other padding of the stem, the max-pool or a stride-2 conv, or the stride on
+    another conv of the bottleneck (v1 instead of v1.5), changes the feature maps."""
+    torch_model = create_torch_model(name, 10).double()
+    x = np.random.default_rng(1).standard_normal((4, 3, 65, 65))
+    torch_model.train()(torch.from_numpy(x))  # non-trivial running statistics
+    variables = torch_to_flax(torch_model.state_dict())
+    with jax.enable_x64(True):
+        model = create_flax_model(name, 10, dtype=jnp.float64, param_dtype=jnp.float64)
+        nhwc = x.transpose(0, 2, 3, 1)
+        eval_logits = np.asarray(model.apply(variables, nhwc, train=False))
+        train_logits, updates = model.apply(variables, nhwc, train=True, mutable=["batch_stats"])
+        train_logits = np.asarray(train_logits)
+        after = flax_to_torch({"params": variables["params"], "batch_stats": updates["batch_stats"]})
+    assert rel_err(eval_logits, torch_model.eval()(torch.from_numpy(x)).detach().numpy()) <= 1e-12
+    assert rel_err(train_logits, torch_model.train()(torch.from_numpy(x)).detach().numpy()) <= 1e-10
+    for key, value in torch_model.state_dict().items():
+        if "running_" in key:
+            assert rel_err(after[key], value) <= 1e-10, key

@@ -157,7 +157,7 @@ def test_download_verify_and_load(tmp_path, archive, server, patched):
     dm.prepare_data()
     assert _Quiet.requests.count("/cifar-10-python.tar.gz") == fetched
 
-    batch_x, batch_y = next(iter(dm.train_dataloader()))
+    batch_x, batch_y, _ = next(iter(dm.train_dataloader()))
     assert tuple(batch_x.shape) == (4, 3, 32, 32)
 
 

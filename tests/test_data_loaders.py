@@ -24,13 +24,13 @@ def dm():
 
 def _epoch(loader, epoch):
     loader.sampler.set_epoch(epoch)
-    return [(np.asarray(x), np.asarray(y)) for x, y in loader]
+    return [(np.asarray(x), np.asarray(y)) for x, y, _ in loader]
 
 
 def _torch_epoch(loader, epoch):
     loader.sampler.set_epoch(epoch)
     out = []
-    for x, y in loader:
+    for x, y, _ in loader:
         assert x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 3 and y.dtype == torch.int64
         out.append((x.permute(0, 2, 3, 1).numpy(), y.numpy()))  # back to NHWC to compare
     return out
@@ -63,7 +63,7 @@ def test_torch_and_numpy_loaders_agree_for_0_and_2_workers():
 
 
 def test_torch_batch_is_channels_last_view(dm):
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (64, 3, 32, 32)
     assert x.is_contiguous(memory_format=torch.channels_last)
 
@@ -149,7 +149,7 @@ def test_sharding_slices_the_global_batch():
         ranks = [BatchDataset(images, labels, batch, train=train, seed=3, rank=r, world_size=2) for r in (0, 1)]
         assert len(ranks[0]) == len(whole)
         for i in range(len(whole)):
-            x, y = whole[(2, i)]
+            x, y, _ = whole[(2, i)]
             parts = [ds[(2, i)] for ds in ranks]
             assert len(parts[0][1]) == len(y) // 2  # contiguous halves
             np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), x)
@@ -171,10 +171,11 @@ def test_sampler_and_collate_functions():
     assert list(sampler) == [(5, 0), (5, 1), (5, 2)]
     images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
     labels = np.array([3, 7], dtype=np.int64)
-    x, y = to_torch_nchw((images, labels))
+    x, y, bad = to_torch_nchw((images, labels, ("a.jpg",)))
+    assert bad == ("a.jpg",)
     assert x.shape == (2, 3, 4, 4) and y.dtype == torch.int64
     np.testing.assert_array_equal(x.numpy(), images.transpose(0, 3, 1, 2))
-    xn, yn = to_numpy_nhwc((images, labels))
+    xn, yn, _ = to_numpy_nhwc((images, labels, ()))
     assert yn.dtype == np.int32 and xn.shape == (2, 4, 4, 3)
     np.testing.assert_array_equal(xn, images)
 
@@ -202,7 +203,7 @@ def test_lightning_trainer_sees_the_same_batches_as_the_numpy_loader(tmp_path):
             self.seen = []
 
         def training_step(self, batch, batch_idx):
-            x, y = batch
+            x, y, _ = batch
             self.seen.append((self.current_epoch, x.permute(0, 2, 3, 1).numpy().copy(), y.numpy().copy()))
             return (self.weight * x.float().mean()).sum()
 

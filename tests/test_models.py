@@ -18,7 +18,13 @@ PARAM_COUNTS = {
     "resnet44": 658_586,
     "resnet56": 853_018,
     "resnet110": 1_727_962,
-    "resnet18": 11_173_962,
+    "resnet18-cifar": 11_173_962,
+}
+# torchvision's ImageNet ResNets: (1000 classes, 10 classes), as torchvision counts them.
+IMAGENET_PARAM_COUNTS = {
+    "resnet18": (11_689_512, 11_181_642),
+    "resnet34": (21_797_672, 21_289_802),
+    "resnet50": (25_557_032, 23_528_522),
 }
 
 
@@ -28,7 +34,8 @@ def flax_variables(name, num_classes=10, seed=0):
 
 
 def test_both_sides_offer_the_same_models():
-    assert set(torch_models.MODEL_NAMES) == set(flax_models.MODEL_NAMES) == set(PARAM_COUNTS)
+    assert (set(torch_models.MODEL_NAMES) == set(flax_models.MODEL_NAMES)
+            == set(PARAM_COUNTS) | set(IMAGENET_PARAM_COUNTS))
 
 
 @pytest.mark.parametrize("name", list(PARAM_COUNTS))
@@ -37,6 +44,24 @@ def test_parameter_counts(name):
     flax_count = sum(x.size for x in jax.tree.leaves(
         jax.eval_shape(lambda: flax_variables(name)[1])["params"]))
     assert torch_count == flax_count == PARAM_COUNTS[name]
+
+
+def _count(tree):
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name", list(IMAGENET_PARAM_COUNTS))
+def test_imagenet_parameter_counts_equal_torchvisions(name):
+    import torchvision
+
+    for num_classes, expected in zip((1000, 10), IMAGENET_PARAM_COUNTS[name]):
+        ours = torch_models.create_model(name, num_classes)
+        assert type(ours) is torchvision.models.ResNet  # torchvision's own model, not a copy
+        torch_count = sum(p.numel() for p in ours.parameters())
+        flax_model = flax_models.create_model(name, num_classes)
+        flax_count = _count(jax.eval_shape(lambda: flax_model.init(
+            jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))["params"])
+        assert torch_count == flax_count == expected
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet18"])
@@ -69,6 +94,15 @@ def test_stride2_conv_padding_matches_torch():
     assert np.abs(flax_conv("SAME") - expected).max() > 1e-2
 
 
+def test_max_pool_pads_with_minus_infinity_like_torch():
+    # All-negative input: padding with 0 instead of -inf would put zeros on every border output.
+    x = -1.0 - np.random.default_rng(0).random((2, 8, 9, 9)).astype(np.float32)
+    expected = torch.nn.MaxPool2d(3, 2, 1)(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
+    got = nn.max_pool(jnp.asarray(x.transpose(0, 2, 3, 1)), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    assert (expected < 0).all()
+
+
 def test_batchnorm_momentum_and_epsilon_map_across_conventions():
     bns = [m for m in torch_models.create_model("resnet20").modules()
            if isinstance(m, torch.nn.BatchNorm2d)]
@@ -83,8 +117,8 @@ def _flat(tree):
 
 def test_initialisation_scheme_is_the_same_on_both_sides():
     """He-normal (fan_in, untruncated) convs, U(+-1/sqrt(fan_in)) classifier, zero bias, BN 1/0."""
-    torch_sd = torch_models.create_model("resnet18").state_dict()
-    flax_params = _flat(flax_variables("resnet18")[1]["params"])
+    torch_sd = torch_models.create_model("resnet18-cifar").state_dict()
+    flax_params = _flat(flax_variables("resnet18-cifar")[1]["params"])
     conv_sides = {"torch": torch_sd["layer4.1.conv2.weight"].numpy(),
                   "flax": flax_params["layer4_1/conv2/kernel"]}
     fan_in = 512 * 3 * 3
@@ -109,3 +143,40 @@ def test_initialisation_scheme_is_the_same_on_both_sides():
                 assert torch.all(value == 1), key
             elif key.endswith("bias"):
                 assert torch.all(value == 0), key
+
+
+def test_imagenet_initialisation_is_torchvisions_on_both_sides():
+    """Conv kernels kaiming_normal_(fan_out), untruncated; the classifier keeps torch's Linear
+    default, weight and bias U(+-1/sqrt(fan_in)); BatchNorm 1/0."""
+    torch_sd = torch_models.create_model("resnet18", 10).state_dict()
+    flax_params = _flat(flax_variables("resnet18")[1]["params"])
+    convs = {"torch": torch_sd["layer4.1.conv2.weight"].numpy(), "flax": flax_params["layer4_1/conv2/kernel"]}
+    for side, w in convs.items():
+        std = np.sqrt(2.0 / (512 * 3 * 3))  # fan_out = out channels x kernel area
+        assert w.std() == pytest.approx(std, rel=0.01), side
+        assert np.mean(np.abs(w) > 2 * std) == pytest.approx(0.0455, abs=0.002), side
+    fc = {"torch": (torch_sd["fc.weight"].numpy(), torch_sd["fc.bias"].numpy()),
+          "flax": (flax_params["fc/kernel"], flax_params["fc/bias"])}
+    for side, (w, b) in fc.items():
+        bound = 512 ** -0.5
+        assert 0.95 * bound < np.abs(w).max() <= bound, side
+        assert np.abs(b).max() <= bound and np.all(b != 0), side  # not the CIFAR models' zero bias
+    assert np.all(flax_params["layer2_0/downsample_1/scale"] == 1)
+    assert torch.all(torch_sd["layer2.0.downsample.1.weight"] == 1)
+
+
+@pytest.mark.parametrize("name,last_bn", [pytest.param("resnet50", "bn3", marks=pytest.mark.slow),
+                                          ("resnet18", "bn2"), ("resnet20", "bn2")])
+def test_zero_init_residual_zeroes_the_last_batchnorm_of_every_block_on_both_sides(name, last_bn):
+    torch_sd = torch_models.create_model(name, 10, zero_init_residual=True).state_dict()
+    model = flax_models.create_model(name, 10, zero_init_residual=True)
+    flax_params = _flat(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"])
+    torch_zero = {k for k, v in torch_sd.items() if k.endswith(".weight") and v.ndim == 1 and not v.any()}
+    flax_zero = {k for k, v in flax_params.items() if k.endswith("/scale") and not v.any()}
+    assert torch_zero and {k.replace(".weight", "").replace(".", "_", 1).replace(".", "/") for k in torch_zero} \
+        == {k.replace("/scale", "") for k in flax_zero}
+    assert all(k.endswith(f"{last_bn}.weight") for k in torch_zero)
+    blocks = {k.rsplit(".", 2)[0] for k in torch_sd if k.startswith("layer") and k.endswith("conv1.weight")}
+    assert len(torch_zero) == len(blocks)
+    default = torch_models.create_model(name, 10).state_dict()
+    assert all(default[k].eq(1).all() for k in torch_zero)

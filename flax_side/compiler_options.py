@@ -1,14 +1,19 @@
-"""XLA options for the jitted steps: on a CPU, XLA's element-wise "fusion" pass is switched off.
+"""XLA options for the jitted steps: on a CPU, the CIFAR ResNets compile without XLA's fusion pass.
 
-XLA:CPU's fusion pass duplicates the cheap forward chain relu(bn(conv) + residual) into every
-backward fusion that reads a block's output, back to the start of the stage: the compiled
-resnet56 step holds 463 ReLUs instead of 55, and the step's cost grows with the square of the
-depth (harness/examples/xla_cpu_fusion_depth.py shows it in plain JAX). With the pass off, each
-element-wise op runs as its own loop and reads stored activations: resnet20 runs as fast as
-before, and deeper networks scale like Lightning's (README, "Cost against depth").
+XLA:CPU's element-wise "fusion" pass duplicates the cheap forward chain relu(bn(conv) + residual)
+into every backward fusion that reads a block's output, back to the start of the stage: the
+compiled resnet56 step holds 463 ReLUs instead of 55, and the step's cost grows with the square
+of the depth (harness/examples/xla_cpu_fusion_depth.py shows it in plain JAX). With the pass off,
+each element-wise op runs as its own loop and reads stored activations, and resnet20..110 scale
+with depth as Lightning does (README, "Cost against depth").
 
-Set per compilation rather than in XLA_FLAGS, so that GPUs, whose fusion is a different pass,
-keep XLA's defaults. A user's own XLA_FLAGS win: if they name --xla_disable_hlo_passes at all
+Only where it pays, by measurement (README): He et al.'s option-A ResNets, whose stages are long
+chains of identity shortcuts (3 to 18 blocks). torchvision's ResNets (2 to 6 blocks a stage, on
+much larger feature maps) keep XLA's defaults: without fusion, resnet18 at 112 px ran 13% slower,
+each unfused op a pass over memory. GPUs keep XLA's defaults too: their fusion is another pass.
+
+Set per compilation rather than in XLA_FLAGS, so that it can depend on the backend and the
+model. A user's own XLA_FLAGS win: if they name --xla_disable_hlo_passes at all
 (`XLA_FLAGS=--xla_disable_hlo_passes=` restores XLA's defaults), nothing is set here.
 """
 
@@ -18,13 +23,18 @@ import os
 
 import jax
 
+from harness.architectures import CIFAR_ARCHITECTURES
+
 CPU_STEP_OPTIONS = {"xla_disable_hlo_passes": "fusion"}
 
 
-def step_compiler_options(backend: str | None = None) -> dict[str, str]:
-    """`compiler_options` for `jax.jit` of the train and eval steps on `backend` (default: JAX's)."""
+def step_compiler_options(model: str, backend: str | None = None) -> dict[str, str]:
+    """`compiler_options` for `jax.jit` of `model`'s train and eval steps on `backend` (default:
+    JAX's default backend)."""
     if (backend or jax.default_backend()) != "cpu":
         return {}
     if "xla_disable_hlo_passes" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    if model not in CIFAR_ARCHITECTURES or CIFAR_ARCHITECTURES[model][2] != "A":
         return {}
     return dict(CPU_STEP_OPTIONS)

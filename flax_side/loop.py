@@ -202,7 +202,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
     images_spec = jax.ShapeDtypeStruct((config.batch_size, *image_shape), jnp.uint8, sharding=batch_sharding)
     labels_spec = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=batch_sharding)
     mask_spec = jax.ShapeDtypeStruct((config.batch_size,), jnp.bool_, sharding=batch_sharding)
-    options = step_compiler_options()  # on a CPU: no fusion pass (flax_side/compiler_options.py)
+    options = step_compiler_options(config.model)  # CPU, CIFAR ResNets: no fusion pass (compiler_options.py)
     p_train_step = jax.jit(functools.partial(train_step, schedule=schedule, **static),
                            donate_argnums=0, out_shardings=replicated, compiler_options=options
                            ).lower(state, (images_spec, labels_spec)).compile()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -38,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.architectures import CIFAR_ARCHITECTURES, default_image_size
 from harness.runs import host_peak_memory_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +57,8 @@ def _process_age() -> float:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: bool = False) -> dict:
+def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: bool = False,
+                  image_size: int = 32) -> dict:
     import torch
 
     from lightning_side.module import ResNetModule, parameter_groups
@@ -64,7 +67,7 @@ def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: boo
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = ResNetModule(model=model).to(device)  # channels_last, normalisation on the device
     optimizer = torch.optim.SGD(parameter_groups(module.model, 1e-4), lr=0.1, momentum=0.9, nesterov=True)
-    images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).permute(0, 3, 1, 2).to(device)
+    images = torch.randint(0, 256, (batch, image_size, image_size, 3), dtype=torch.uint8).permute(0, 3, 1, 2).to(device)
     labels = torch.randint(0, 10, (batch,), device=device)
     forward = torch.compile(module) if compile else module  # as train.py --compile does
 
@@ -93,7 +96,7 @@ def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: boo
                         else host_peak_memory_mb())}
 
 
-def _flax_step(model: str, batch: int, devices: int, xla_defaults: bool = False):
+def _flax_step(model: str, batch: int, devices: int, xla_defaults: bool = False, image_size: int = 32):
     """(compiled train step, state, batch): the flax side's step over a synthetic batch that is
     already sharded over `devices` devices, compiled with train.py's options (or XLA's defaults).
     JAX is imported here, after XLA_FLAGS is set."""
@@ -110,27 +113,27 @@ def _flax_step(model: str, batch: int, devices: int, xla_defaults: bool = False)
 
     net = create_model(model, 10)
     schedule = optax.constant_schedule(0.1)
-    state = create_train_state(net, initial_variables(net, jax.random.key(0), (32, 32, 3)),
+    state = create_train_state(net, initial_variables(net, jax.random.key(0), (image_size, image_size, 3)),
                                schedule=schedule, momentum=0.9, nesterov=True, weight_decay=1e-4,
                                loss_scaling=False)
     mesh = Mesh(np.array(jax.local_devices()[:devices]), ("data",))
     state = jax.device_put(state, NamedSharding(mesh, P()))
     rng = np.random.default_rng(0)
-    data = jax.device_put((rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+    data = jax.device_put((rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
                            rng.integers(0, 10, batch).astype(np.int32)), NamedSharding(mesh, P("data")))
     step = jax.jit(functools.partial(train_step, mean=np.full(3, 127.0), std=np.full(3, 64.0),
                                      input_dtype=jnp.float32, label_smoothing=0.0, schedule=schedule),
-                   donate_argnums=0, compiler_options={} if xla_defaults else step_compiler_options())
+                   donate_argnums=0, compiler_options={} if xla_defaults else step_compiler_options(model))
     return step.lower(state, data).compile(), state, data
 
 
 def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = False,
-             xla_defaults: bool = False) -> dict:
+             xla_defaults: bool = False, image_size: int = 32) -> dict:
     if devices > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={devices}")
     start = time.perf_counter()
-    compiled, state, data = _flax_step(model, batch, devices, xla_defaults)
+    compiled, state, data = _flax_step(model, batch, devices, xla_defaults, image_size)
     compile_seconds = time.perf_counter() - start
     import jax
 
@@ -154,11 +157,27 @@ def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = F
             "flops_per_image": float(cost.get("flops", float("nan"))) * devices / batch}
 
 
-def data_pipeline(batch: int, steps: int, workers: int) -> dict:
+def data_pipeline(batch: int, steps: int, workers: int, image_size: int = 32) -> dict:
+    """Augmented images/s of the shared loader: at 32 px the in-memory pipeline on synthetic
+    data; above, the streamed one on a generated folder of ImageNet-sized JPEGs (375-500 px a
+    side), decoded, RandomResizedCrop'ed and flipped in `workers` workers (0: this process)."""
     from datamodules import ImageDataModule
 
-    dm = ImageDataModule(dataset="synthetic", batch_size=batch, num_workers=workers,
-                         synthetic_train_size=max(batch * (steps + 5), 10_000))
+    with tempfile.TemporaryDirectory() as tmp:
+        if image_size == 32:
+            dm = ImageDataModule(dataset="synthetic", batch_size=batch, num_workers=workers,
+                                 synthetic_train_size=max(batch * (steps + 5), 10_000))
+        else:
+            from harness.photos import make_photo_folder
+
+            per_class = -(-batch * (steps + 2) // 9)  # 10 classes, 10% of train carved for validation
+            make_photo_folder(Path(tmp), per_class=per_class, eval_per_class=1, min_side=375, max_side=500)
+            dm = ImageDataModule(dataset="imagefolder", data_dir=tmp, batch_size=batch,
+                                 num_workers=workers, image_size=image_size)
+        return _loader_rate(dm)
+
+
+def _loader_rate(dm) -> dict:
     dm.setup()
     loader = dm.numpy_dataloader("train")
     it = iter(loader)
@@ -167,7 +186,7 @@ def data_pipeline(batch: int, steps: int, workers: int) -> dict:
     n = 0
     for images, _, _ in it:
         n += len(images)
-    return {"data": n / (time.perf_counter() - start)}
+    return {"data": n / (time.perf_counter() - start), "streamed": dm.streamed}
 
 
 def matmul_peak() -> dict:
@@ -197,7 +216,7 @@ def matmul_peak() -> dict:
     return {"torch": torch_gflops, "xla": xla_gflops}
 
 
-def xla_profile(model: str, batch: int, steps: int) -> dict:
+def xla_profile(model: str, batch: int, steps: int, image_size: int = 32) -> dict:
     """Milliseconds per flax train step by kind of XLA operation (the name of each fused
     operation without its number: `transpose_copy_fusion`, `ynn_fusion`, ...), from a
     jax.profiler trace of `steps` steps on one device."""
@@ -206,7 +225,7 @@ def xla_profile(model: str, batch: int, steps: int) -> dict:
 
     flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_enable_xprof_traceme=true".strip()
-    step, state, data = _flax_step(model, batch, devices=1)
+    step, state, data = _flax_step(model, batch, devices=1, image_size=image_size)
     import jax
 
     for _ in range(3):
@@ -284,6 +303,7 @@ WORKERS = {"raw-lightning": raw_lightning, "raw-flax": raw_flax,
 def _worker(name: str, args: argparse.Namespace, devices: int = 1, compile: bool = False) -> dict:
     cmd = [sys.executable, "-m", "harness.benchmark", "--worker", name, "--model", args.model,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--devices", str(devices),
+           "--image-size", str(args.image_size),
            "--num-workers", str(args.num_workers), "--compile" if compile else "--no-compile"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
@@ -298,6 +318,7 @@ def _end_to_end(side: str, args: argparse.Namespace, logdir: Path, devices: int 
     steps = max(args.steps, 5)
     run_name = f"bench-{devices}-{int(compile)}"
     cmd = [sys.executable, f"{side}_side/train.py", "--dataset", "synthetic", "--model", args.model,
+           "--image-size", str(args.image_size),
            "--batch-size", str(args.batch_size), "--epochs", "2", "--limit-train-batches", str(steps),
            "--limit-val-batches", "1", "--devices", str(devices), "--num-workers", str(args.num_workers),
            "--logdir", str(logdir), "--run-name", run_name, "--precision", "32",
@@ -411,13 +432,21 @@ def table(results: dict, args: argparse.Namespace, peak: dict) -> str:
     row("end-to-end / raw", lambda r: r["e2e"] / r["raw"], "{:.2f}", ratio=False)
     row("time to first step (s)", lambda r: r["first_step"], "{:.1f}")
     row("FLOP utilisation of the raw step", lambda r: r["raw"] * flops / (top * 1e9), "{:.0%}")
-    head = [f"{args.model}, batch {args.batch_size}, fp32, {args.num_workers} loader workers; {cpu_name()}",
+    head = [f"{args.model} at {args.image_size} px, batch {args.batch_size}, fp32, {args.num_workers} "
+            f"loader workers; {cpu_name()}",
             "", f"| | {' | '.join(columns)} | best flax / best lightning |",
             f"| --- |{' ---: |' * len(columns)} ---: |"]
-    tail = ["", f"- best of each side (by end-to-end): {best['lightning']}; {best['flax']}",
-            f"- data pipeline alone: {results['data']:,.0f} augmented images/s = "
-            f"{results['data'] / max(results[c]['e2e'] for c in columns):.0f}× what the fastest "
-            f"configuration consumes",
+    if args.image_size == 32:
+        data = (f"- data pipeline alone: {results['data']:,.0f} augmented images/s = "
+                f"{results['data'] / max(results[c]['e2e'] for c in columns):.0f}× what the fastest "
+                f"configuration consumes")
+    else:
+        feeds = "; ".join(f"{side}'s best raw step ({results[best[side]]['raw']:,.1f} images/s) needs "
+                          f"{math.ceil(results[best[side]]['raw'] / results['data'])}" for side in SIDES)
+        data = (f"- streamed JPEG pipeline at {args.image_size} px: {results['data']:,.0f} images/s per "
+                f"loader worker (375-500 px JPEGs: decode, RandomResizedCrop, flip); workers to feed "
+                f"each side: {feeds}")
+    tail = ["", f"- best of each side (by end-to-end): {best['lightning']}; {best['flax']}", data,
             f"- {flops / 1e9:.2f} GFLOP per image (XLA's cost analysis of the flax train step, used "
             f"for both sides); float32 matmul peak {top:,.0f} GFLOP/s (2048²: torch "
             f"{peak['torch']:,.0f}, XLA {peak['xla']:,.0f})"]
@@ -452,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                         help="time one convolution per stage in torch and XLA, and the flax step "
                              "by kind of XLA operation")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="image side (default: 32 for the CIFAR networks, 224 for resnet18/34/50); "
+                             "above 32 the data row measures the streamed JPEG pipeline")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--depth", action="store_true",
                         help="instead of the table above: the raw step of resnet20/32/44/56/110 on "
@@ -461,19 +493,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=[*WORKERS, "data", "peak", "convs", "xla"],
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = default_image_size(args.model)
 
     if args.worker:  # one measurement in this fresh process; JSON on the last stdout line
         if args.worker == "data":
-            result = data_pipeline(args.batch_size, args.steps, args.num_workers)
+            result = data_pipeline(args.batch_size, args.steps, args.num_workers, args.image_size)
         elif args.worker == "peak":
             result = matmul_peak()
         elif args.worker == "convs":
             result = conv_profile(args.batch_size, args.steps)
         elif args.worker == "xla":
-            result = xla_profile(args.model, args.batch_size, min(args.steps, 5))
+            result = xla_profile(args.model, args.batch_size, min(args.steps, 5), args.image_size)
         else:
             result = WORKERS[args.worker](args.model, args.batch_size, args.steps, args.devices,
-                                          args.compile)
+                                          args.compile, image_size=args.image_size)
         print(json.dumps(result))
         return 0
 
@@ -486,9 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         for column, side, devices, compile in configurations(args):
             results[column] = {"side": side, **_worker(f"raw-{side}", args, devices, compile)}
             results[column]["e2e"] = _end_to_end(side, args, Path(tmp), devices, compile)
-    results["data"] = _worker("data", args)["data"]
+    # Streamed photos: one process's rate, so the table can say how many workers feed each side.
+    streamed = args.image_size != 32
+    results["data"] = _worker("data", argparse.Namespace(**{**vars(args), "num_workers": 0})
+                              if streamed else args)["data"]
     if args.profile:
-        results["convs"] = _worker("convs", args)
+        if args.model in CIFAR_ARCHITECTURES and args.image_size == 32:  # ResNet-20's three stages
+            results["convs"] = _worker("convs", args)
         results["xla"] = _worker("xla", args)
     print(table(results, args, _worker("peak", args)))
     return 0

@@ -24,13 +24,15 @@ SIDES = ("lightning", "flax")
 
 
 def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
-             extra: list[str] = (), seed: int = 0) -> dict:
-    """Train both sides `steps` optimizer steps (one epoch of `steps` batches) from one init."""
+             extra: list[str] = (), seed: int = 0, data: list[str] = ("--dataset", "digits"),
+             batch_size: int = 32) -> dict:
+    """Train both sides `steps` optimizer steps (one epoch of `steps` batches) from one init:
+    the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's own)."""
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     init = workdir / "init.pt"
     torch.save(create_model(model, num_classes=10).state_dict(), init)
-    argv = ["--model", model, "--dataset", "digits", "--batch-size", "32", "--epochs", "1",
+    argv = ["--model", model, *data, "--batch-size", str(batch_size), "--epochs", "1",
             "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--log-every", "1",
             "--precision", precision, "--init-from", str(init), "--logdir", str(workdir / "logs"),
             "--run-name", "parity", "--seed", str(seed), *extra]

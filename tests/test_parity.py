@@ -54,3 +54,20 @@ def test_fp32_whole_runs_agree_on_average(tmp_path):
     means = {side: sum(r["test/acc"]) / len(r["test/acc"]) for side, r in results.items()}
     assert abs(means["lightning"] - means["flax"]) <= 0.01, results
     assert min(means.values()) >= 0.95, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+def test_float64_lockstep_imagenet_resnets_on_streamed_photos(tmp_path, model):
+    """torchvision's model and its flax twin from one torchvision state_dict (resnet50(num_classes=10)
+    for resnet50), on a JPEG folder streamed at --image-size 64: 3 float64 steps in lockstep."""
+    from harness.photos import make_photo_folder
+
+    photos = make_photo_folder(tmp_path / "photos", per_class=8)
+    diffs = relative_differences(lockstep(
+        tmp_path / "run", steps=3, model=model, batch_size=16, extra=["--image-size", "64", "--lr", "0.02"],
+        data=["--dataset", "imagefolder", "--data-dir", str(photos)]))
+    assert diffs["train/loss (worst step)"] <= 1e-6, diffs
+    assert diffs["val/loss"] <= 1e-5, diffs
+    assert diffs["weights"] <= 1e-6, diffs
+    assert diffs["batch statistics"] <= 1e-6, diffs

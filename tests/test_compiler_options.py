@@ -1,0 +1,50 @@
+"""The CPU remedy for XLA's depth-squared fusion: where it applies, and what it changes in the
+compiled step (flax_side/compiler_options.py)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flax_side.compiler_options import CPU_STEP_OPTIONS, step_compiler_options
+from flax_side.models import create_model
+from flax_side.state import create_train_state, initial_variables
+from flax_side.steps import train_step
+
+
+def test_only_the_cifar_resnets_on_a_cpu_and_a_users_xla_flags_win(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert step_compiler_options("resnet56", "cpu") == CPU_STEP_OPTIONS
+    assert step_compiler_options("resnet20", "cpu") == CPU_STEP_OPTIONS
+    assert step_compiler_options("resnet50", "cpu") == {}  # measured slower without fusion
+    assert step_compiler_options("resnet18-cifar", "cpu") == {}
+    assert step_compiler_options("resnet56", "gpu") == {}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert step_compiler_options("resnet56", "cpu") == CPU_STEP_OPTIONS
+    monkeypatch.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=")  # the user asks for XLA's defaults
+    assert step_compiler_options("resnet56", "cpu") == {}
+
+
+def _relus_in_compiled_step(model_name, options):
+    """ReLUs (`maximum` ops) XLA computes in one compiled train step, as train.py compiles it."""
+    model = create_model(model_name, 10)
+    schedule = optax.constant_schedule(0.1)
+    state = create_train_state(model, initial_variables(model, jax.random.key(0), (32, 32, 3)),
+                               schedule=schedule, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                               loss_scaling=False)
+    batch = (jnp.zeros((8, 32, 32, 3), jnp.uint8), jnp.zeros((8,), jnp.int32))
+    step = jax.jit(functools.partial(train_step, mean=np.full(3, 127.0), std=np.full(3, 64.0),
+                                     input_dtype=jnp.float32, label_smoothing=0.0, schedule=schedule),
+                   donate_argnums=0, compiler_options=options)
+    return step.lower(state, batch).compile().as_text().count(" maximum(")
+
+
+def test_without_the_fusion_pass_each_relu_is_computed_once(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    # resnet32: 31 ReLUs forward; the backward reuses their outputs instead of recomputing the chain.
+    remedy = _relus_in_compiled_step("resnet32", step_compiler_options("resnet32", "cpu"))
+    defaults = _relus_in_compiled_step("resnet32", {})
+    assert remedy <= 40, remedy
+    assert defaults > 3 * remedy, (defaults, remedy)  # the duplicated chains (O(blocks^2) per stage)

@@ -1,4 +1,4 @@
-"""XLA options for the jitted steps: on a CPU, the CIFAR ResNets compile without XLA's fusion pass.
+"""XLA options for the jitted steps: on a CPU, the deep CIFAR ResNets compile without XLA's fusion pass.
 
 XLA:CPU's element-wise "fusion" pass duplicates the cheap forward chain relu(bn(conv) + residual)
 into every backward fusion that reads a block's output, back to the start of the stage: the
@@ -7,10 +7,12 @@ of the depth (harness/examples/xla_cpu_fusion_depth.py shows it in plain JAX). W
 each element-wise op runs as its own loop and reads stored activations, and resnet20..110 scale
 with depth as Lightning does (README, "Cost against depth").
 
-Only where it pays, by measurement (README): He et al.'s option-A ResNets, whose stages are long
-chains of identity shortcuts (3 to 18 blocks). torchvision's ResNets (2 to 6 blocks a stage, on
-much larger feature maps) keep XLA's defaults: without fusion, resnet18 at 112 px ran 13% slower,
-each unfused op a pass over memory. GPUs keep XLA's defaults too: their fusion is another pass.
+Only where it pays, by measurement (README): He et al.'s option-A ResNets from resnet32 on, whose
+stages are chains of 5 to 18 identity shortcuts. The unfused step stores more intermediates
+(+14% peak memory at resnet20, +35% at resnet110), so resnet20, whose 3-block stages gain
+nothing, keeps XLA's defaults, as do torchvision's ResNets (2 to 6 blocks a stage on much larger
+feature maps: without fusion, resnet18 at 112 px ran 13% slower, each unfused op a pass over
+memory). GPUs keep XLA's defaults too: their fusion is another pass.
 
 Set per compilation rather than in XLA_FLAGS, so that it can depend on the backend and the
 model. A user's own XLA_FLAGS win: if they name --xla_disable_hlo_passes at all
@@ -26,6 +28,7 @@ import jax
 from harness.architectures import CIFAR_ARCHITECTURES
 
 CPU_STEP_OPTIONS = {"xla_disable_hlo_passes": "fusion"}
+MIN_BLOCKS_PER_STAGE = 5  # resnet32 and deeper
 
 
 def step_compiler_options(model: str, backend: str | None = None) -> dict[str, str]:
@@ -35,6 +38,9 @@ def step_compiler_options(model: str, backend: str | None = None) -> dict[str, s
         return {}
     if "xla_disable_hlo_passes" in os.environ.get("XLA_FLAGS", ""):
         return {}
-    if model not in CIFAR_ARCHITECTURES or CIFAR_ARCHITECTURES[model][2] != "A":
+    if model not in CIFAR_ARCHITECTURES:
+        return {}
+    _, blocks, shortcut = CIFAR_ARCHITECTURES[model]
+    if shortcut != "A" or blocks < MIN_BLOCKS_PER_STAGE:
         return {}
     return dict(CPU_STEP_OPTIONS)

@@ -91,9 +91,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--precision", default="64-true")
+    parser.add_argument("--model", default="resnet20")
     parser.add_argument("--workdir", type=Path, default=Path("logs/parity"))
     args, extra = parser.parse_known_args()
-    result = lockstep(args.workdir, steps=args.steps, precision=args.precision, extra=extra)
+    result = lockstep(args.workdir, steps=args.steps, precision=args.precision, model=args.model, extra=extra)
     for name, value in relative_differences(result).items():
         print(f"{name:>24}: {value:.2e}")
 

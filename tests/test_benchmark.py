@@ -1,5 +1,7 @@
 """The benchmark command runs every measurement and prints the whole table."""
 
+import pytest
+
 from harness.benchmark import main
 
 
@@ -21,3 +23,29 @@ def test_benchmark_prints_every_row(capsys):
     assert "fusion" in profile  # XLA's fused operations, by kind
     gflop = float(out.split(" GFLOP per image")[0].rsplit("- ", 1)[1])
     assert 0.2 < gflop < 0.3  # ResNet-20 training: about 3 x 41 MFLOP forward per image
+
+
+@pytest.mark.slow
+def test_depth_table_reports_cost_per_image_memory_and_growth(capsys):
+    assert main(["--depth", "--depth-models", "resnet20", "resnet32", "--steps", "2",
+                 "--batch-size", "8", "--devices", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| resnet")}
+    assert set(rows) == {"resnet20", "resnet32"}
+    assert "| lightning | flax | flax, XLA defaults |" in out
+    assert rows["resnet20"].count("(×1.00)") == 3  # the shallowest is the unit of cost
+    growth = next(line for line in out.splitlines() if line.startswith("- resnet20 → resnet32"))
+    assert growth.count("lightning's growth") == 2
+    assert "compile s" in out
+
+
+@pytest.mark.slow
+def test_streamed_imagenet_benchmark_says_how_many_workers_feed_each_side(capsys):
+    assert main(["--model", "resnet18", "--image-size", "64", "--batch-size", "4", "--steps", "2",
+                 "--devices", "1", "--no-compile", "--no-profile"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resnet18 at 64 px")
+    line = next(line for line in out.splitlines() if line.startswith("- streamed JPEG pipeline at 64 px"))
+    per_worker = float(line.split(": ", 1)[1].split(" images/s")[0].replace(",", ""))
+    assert per_worker > 0
+    assert "lightning's best raw step" in line and "flax's best raw step" in line

@@ -71,3 +71,21 @@ def test_float64_lockstep_imagenet_resnets_on_streamed_photos(tmp_path, model):
     assert diffs["val/loss"] <= 1e-5, diffs
     assert diffs["weights"] <= 1e-6, diffs
     assert diffs["batch statistics"] <= 1e-6, diffs
+
+
+@pytest.mark.slow
+def test_float64_lockstep_with_the_cpu_fusion_remedy(tmp_path):
+    """resnet32 compiles without XLA's fusion pass on a CPU (flax_side/compiler_options.py): the
+    sides still train in lockstep."""
+    from flax_side.compiler_options import step_compiler_options
+
+    assert step_compiler_options("resnet32", "cpu")
+    _check_float64_model(tmp_path, "resnet32")
+
+
+def _check_float64_model(tmp_path, model):
+    diffs = relative_differences(lockstep(tmp_path, steps=10, precision="64-true", model=model))
+    assert diffs["train/loss (worst step)"] <= 1e-6, diffs
+    assert diffs["val/loss"] <= 1e-5, diffs
+    assert diffs["weights"] <= 1e-6, diffs
+    assert diffs["batch statistics"] <= 1e-6, diffs

@@ -115,20 +115,29 @@ def _flat(tree):
             __import__("flax").traverse_util.flatten_dict(tree).items()}
 
 
-def test_initialisation_scheme_is_the_same_on_both_sides():
-    """He-normal (fan_in, untruncated) convs, U(+-1/sqrt(fan_in)) classifier, zero bias, BN 1/0."""
-    torch_sd = torch_models.create_model("resnet18-cifar").state_dict()
-    flax_params = _flat(flax_variables("resnet18-cifar")[1]["params"])
-    conv_sides = {"torch": torch_sd["layer4.1.conv2.weight"].numpy(),
-                  "flax": flax_params["layer4_1/conv2/kernel"]}
-    fan_in = 512 * 3 * 3
-    for side, w in conv_sides.items():
-        std = np.sqrt(2.0 / fan_in)
+def _assert_he_normal(kernels: dict, fan: int) -> None:
+    """Each side's kernel is an untruncated normal of std sqrt(2 / fan)."""
+    std = np.sqrt(2.0 / fan)
+    for side, w in kernels.items():
         assert w.std() == pytest.approx(std, rel=0.01), side
         # Untruncated: a normal puts 4.55% of its mass beyond 2 sigma; a truncated one puts 0%.
         assert np.mean(np.abs(w) > 2 * std) == pytest.approx(0.0455, abs=0.002), side
+
+
+def _conv_and_fc(name):
+    torch_sd = torch_models.create_model(name, 10).state_dict()
+    flax_params = _flat(flax_variables(name)[1]["params"])
+    # 64 -> 128 channels: fan_in (576) and fan_out (1152) differ, so the test tells them apart.
+    kernels = {"torch": torch_sd["layer2.0.conv1.weight"].numpy(), "flax": flax_params["layer2_0/conv1/kernel"]}
     fc = {"torch": (torch_sd["fc.weight"].numpy(), torch_sd["fc.bias"].numpy()),
           "flax": (flax_params["fc/kernel"], flax_params["fc/bias"])}
+    return torch_sd, flax_params, kernels, fc
+
+
+def test_initialisation_scheme_is_the_same_on_both_sides():
+    """He-normal (fan_in, untruncated) convs, U(+-1/sqrt(fan_in)) classifier, zero bias, BN 1/0."""
+    torch_sd, flax_params, kernels, fc = _conv_and_fc("resnet18-cifar")
+    _assert_he_normal(kernels, fan=64 * 3 * 3)
     for side, (w, b) in fc.items():
         bound = 512 ** -0.5
         assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound, side
@@ -148,15 +157,8 @@ def test_initialisation_scheme_is_the_same_on_both_sides():
 def test_imagenet_initialisation_is_torchvisions_on_both_sides():
     """Conv kernels kaiming_normal_(fan_out), untruncated; the classifier keeps torch's Linear
     default, weight and bias U(+-1/sqrt(fan_in)); BatchNorm 1/0."""
-    torch_sd = torch_models.create_model("resnet18", 10).state_dict()
-    flax_params = _flat(flax_variables("resnet18")[1]["params"])
-    convs = {"torch": torch_sd["layer4.1.conv2.weight"].numpy(), "flax": flax_params["layer4_1/conv2/kernel"]}
-    for side, w in convs.items():
-        std = np.sqrt(2.0 / (512 * 3 * 3))  # fan_out = out channels x kernel area
-        assert w.std() == pytest.approx(std, rel=0.01), side
-        assert np.mean(np.abs(w) > 2 * std) == pytest.approx(0.0455, abs=0.002), side
-    fc = {"torch": (torch_sd["fc.weight"].numpy(), torch_sd["fc.bias"].numpy()),
-          "flax": (flax_params["fc/kernel"], flax_params["fc/bias"])}
+    torch_sd, flax_params, kernels, fc = _conv_and_fc("resnet18")
+    _assert_he_normal(kernels, fan=128 * 3 * 3)  # fan_out = out channels x kernel area
     for side, (w, b) in fc.items():
         bound = 512 ** -0.5
         assert 0.95 * bound < np.abs(w).max() <= bound, side

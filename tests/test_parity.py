@@ -41,8 +41,10 @@ def test_fp32_first_step_agrees(tmp_path):
     assert diffs["train/loss (worst step)"] <= 1e-5, diffs
     assert diffs["weights (global)"] <= 1e-5, diffs
     # The running statistics, through the eval-mode forward pass they feed (per tensor they are
-    # checked in float64 above; after one fp32 step a near-zero mean is all rounding).
-    assert diffs["val/loss"] <= 1e-5, diffs
+    # checked in float64 above; after one fp32 step a near-zero mean is all rounding). fp32
+    # rounding differs between CPUs: 1.25e-5 on a 2-core Intel Xeon (AVX-512), under 1e-5 on a
+    # Zen 5; the biased-variance trap moves it by 3e-4.
+    assert diffs["val/loss"] <= 5e-5, diffs
 
 
 @pytest.mark.slow

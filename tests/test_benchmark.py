@@ -30,7 +30,10 @@ def test_depth_table_reports_cost_per_image_memory_and_growth(capsys):
     assert main(["--depth", "--depth-models", "resnet20", "resnet32", "--steps", "2",
                  "--batch-size", "8", "--devices", "1"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| resnet")}
+    rows: dict = {}  # the first table's rows (images/s and cost); the memory table follows
+    for line in out.splitlines():
+        if line.startswith("| resnet"):
+            rows.setdefault(line.split("|")[1].strip(), line)
     assert set(rows) == {"resnet20", "resnet32"}
     assert "| lightning | flax | flax, XLA defaults |" in out
     assert rows["resnet20"].count("(×1.00)") == 3  # the shallowest is the unit of cost

@@ -46,8 +46,8 @@ class Source:
 @dataclass(frozen=True, eq=False)
 class StreamedSource:
     """A source whose images are decoded per batch: `*_images` are FileImages, ArrayImages or
-    RandomImages (len(), .open(i), .subset(indices)). `in_memory` says whether the pixels are
-    in RAM anyway (then the DataModule takes the channel statistics from them)."""
+    RandomImages (len(), .name(i), .open(i)). `in_memory` says whether the pixels are in RAM
+    anyway (then the DataModule takes the channel statistics from them)."""
     train_images: object
     train_labels: np.ndarray
     test_images: object
@@ -285,6 +285,11 @@ def _load_digits(data_dir: str | os.PathLike | None = None) -> Source:
 
 # --------------------------------------------------------------------------- synthetic
 
+def _check_synthetic_sizes(train_size: int, test_size: int, num_classes: int) -> None:
+    if train_size < 1 or test_size < 1 or num_classes < 1:
+        raise DataError(f"synthetic data needs positive sizes (train {train_size}, test {test_size}, classes {num_classes}); pass positive synthetic_train_size / synthetic_test_size to ImageDataModule")
+
+
 def _load_synthetic(
     data_dir: str | os.PathLike | None = None,
     *,
@@ -294,8 +299,7 @@ def _load_synthetic(
     num_classes: int = 10,
 ) -> Source:
     """Random pixels and labels: nothing to learn, only for measuring throughput."""
-    if train_size < 1 or test_size < 1 or num_classes < 1:
-        raise DataError(f"synthetic data needs positive sizes (train {train_size}, test {test_size}, classes {num_classes}); pass positive synthetic_train_size / synthetic_test_size to ImageDataModule")
+    _check_synthetic_sizes(train_size, test_size, num_classes)
     rng = np.random.default_rng(seed)
     train_images = rng.integers(0, 256, size=(train_size, SIZE, SIZE, 3), dtype=np.uint8)
     train_labels = rng.integers(0, num_classes, size=train_size, dtype=np.int64)
@@ -342,8 +346,7 @@ def stream(name: str, data_dir: str | os.PathLike = "./data", *, image_size: int
                               FileImages([p for p, _ in test]), np.array([c for _, c in test], dtype=np.int64),
                               tuple(classes), hflip=True, in_memory=False)
     if name == "synthetic":
-        if train_size < 1 or test_size < 1 or num_classes < 1:
-            raise DataError(f"synthetic data needs positive sizes (train {train_size}, test {test_size}, classes {num_classes}); pass positive synthetic_train_size / synthetic_test_size to ImageDataModule")
+        _check_synthetic_sizes(train_size, test_size, num_classes)
         side = round(image_size * 256 / 224)
         rng = np.random.default_rng(seed)
         return StreamedSource(RandomImages(train_size, side, seed), rng.integers(0, num_classes, train_size),

@@ -100,6 +100,18 @@ def export_torch_weights(manager: ocp.CheckpointManager, state: TrainState, step
             path.unlink()
 
 
+def drop_unfinished_exports(manager: ocp.CheckpointManager) -> None:
+    """Removes the torch copies of checkpoints that never completed (a full disk stopped Orbax's
+    writer after the copy was made), so --init-from never takes weights --resume cannot."""
+    if jax.process_index() != 0:
+        return
+    exports = Path(manager.directory).parent / TORCH_EXPORTS
+    complete = set(manager.all_steps(read=True))
+    for path in exports.glob("*.pt"):
+        if path.stem.isdigit() and int(path.stem) not in complete:
+            path.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- resuming
 
 def find(resume: str, logdir: str | Path, run_name: str) -> tuple[Path, int]:
@@ -114,9 +126,12 @@ def find(resume: str, logdir: str | Path, run_name: str) -> tuple[Path, int]:
         raise CheckpointError(f"--resume last: no checkpoint of run {run_name!r} under "
                               f"{Path(logdir) / 'flax' / run_name}; check --run-name and --logdir")
     path = Path(resume)
+    lightning = ("; to start from a Lightning run's weights, give it to --init-from"
+                 if path.suffix == ".ckpt" or any(path.glob("checkpoints/*.ckpt")) or any(path.glob("*.ckpt"))
+                 else "")
     if path.is_file():
         raise CheckpointError(f"--resume {path}: a file; the flax side resumes from its own "
-                              f"checkpoint folders (a version, checkpoints or step folder), or 'last'")
+                              f"checkpoint folders (a version, checkpoints or step folder), or 'last'{lightning}")
     if not path.is_dir():
         raise CheckpointError(f"--resume {path}: no such folder; give a checkpoints folder, "
                               f"a step folder inside one, or 'last'")
@@ -128,7 +143,7 @@ def find(resume: str, logdir: str | Path, run_name: str) -> tuple[Path, int]:
         path = path / CHECKPOINTS
     step = _latest_step(path)
     if step is None:
-        raise CheckpointError(f"--resume {path}: no flax checkpoint in this folder")
+        raise CheckpointError(f"--resume {path}: no flax checkpoint in this folder{lightning}")
     return path, step
 
 

@@ -133,5 +133,9 @@ def save_torch_state_dict(variables: Mapping[str, Any], path: str | Path) -> Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(flax_to_torch(variables), tmp)
-    tmp.replace(path)
+    try:
+        torch.save(flax_to_torch(variables), tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
+        raise

@@ -219,35 +219,41 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
             # Past 0 only in the first epoch of a run resumed from a Ctrl-C checkpoint.
             first_batch = int(state.step) - epoch * steps_per_epoch
             loaders["train"].sampler.set_epoch(epoch, first_batch)
-            with StopRequest() as stop:
-                state, seconds = train_epoch(
-                    p_train_step, state, loaders["train"], epoch=epoch,
-                    steps=steps_per_epoch - first_batch, log_every=config.log_every, logger=logger,
-                    sharding=batch_sharding, check_finite=not loss_scaling, manager=manager, stop=stop,
-                    progress_bar=lead, note_bad_images=data.note_bad_images)
-            if stop.requested:
-                # A mid-epoch checkpoint, never the best (val/acc -1), that --resume continues
-                # with the epoch's next batch.
-                checkpoint.save(manager, state, rng, epochs_done=epoch,
-                                metrics={"val/acc": -1.0, "val/loss": -1.0}, config=config.to_dict())
-                manager.wait_until_finished()
-                raise Interrupted(f"interrupted at step {int(state.step)}; the checkpoint is "
-                                  f"{manager.directory / str(int(state.step))}; continue with "
-                                  f"--resume last --run-name {config.run_name}")
-            step = int(state.step) - 1
-            val = evaluate_on(state, loaders["val"], limit=config.limit_val_batches)
-            images = (steps_per_epoch - first_batch) * config.batch_size
-            train_seconds, train_images = train_seconds + seconds, train_images + images
-            logger.log_metrics({"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
-                                "perf/epoch_seconds": seconds,
-                                "perf/train_images_per_sec": images / seconds,
-                                "perf/peak_memory_mb": peak_memory_mb(),
-                                "data/bad_images": len(data.bad_images)}, step=step)
-            if not loss_scaling and not math.isfinite(val["loss"]):
-                raise diverged("val/loss", val["loss"], step, manager)
-            checkpoint.save(manager, state, rng, epochs_done=epoch + 1,
-                            metrics={"val/acc": val["acc"], "val/loss": val["loss"]},
-                            config=config.to_dict())
+            # The epoch's bar stays open through validation, to end with val/loss and val/acc
+            # as Lightning's does.
+            with tqdm(total=steps_per_epoch - first_batch, desc=f"epoch {epoch}", unit="step",
+                      dynamic_ncols=True, disable=not lead) as bar:
+                with StopRequest() as stop:
+                    state, seconds = train_epoch(
+                        p_train_step, state, loaders["train"], epoch=epoch,
+                        steps=steps_per_epoch - first_batch, log_every=config.log_every, logger=logger,
+                        sharding=batch_sharding, check_finite=not loss_scaling, manager=manager, stop=stop,
+                        bar=bar, note_bad_images=data.note_bad_images)
+                if stop.requested:
+                    # A mid-epoch checkpoint, never the best (val/acc -1), that --resume continues
+                    # with the epoch's next batch.
+                    checkpoint.save(manager, state, rng, epochs_done=epoch,
+                                    metrics={"val/acc": -1.0, "val/loss": -1.0}, config=config.to_dict())
+                    manager.wait_until_finished()
+                    raise Interrupted(f"interrupted at step {int(state.step)}; the checkpoint is "
+                                      f"{manager.directory / str(int(state.step))}; continue with "
+                                      f"--resume last --run-name {config.run_name}")
+                step = int(state.step) - 1
+                val = evaluate_on(state, loaders["val"], limit=config.limit_val_batches)
+                bar.set_postfix_str(", ".join(filter(None, (getattr(bar, "postfix", None), f"val/loss={val['loss']:.4f}",
+                                                             f"val/acc={val['acc']:.4f}"))))
+                images = (steps_per_epoch - first_batch) * config.batch_size
+                train_seconds, train_images = train_seconds + seconds, train_images + images
+                logger.log_metrics({"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
+                                    "perf/epoch_seconds": seconds,
+                                    "perf/train_images_per_sec": images / seconds,
+                                    "perf/peak_memory_mb": peak_memory_mb(),
+                                    "data/bad_images": len(data.bad_images)}, step=step)
+                if not loss_scaling and not math.isfinite(val["loss"]):
+                    raise diverged("val/loss", val["loss"], step, manager)
+                checkpoint.save(manager, state, rng, epochs_done=epoch + 1,
+                                metrics={"val/acc": val["acc"], "val/loss": val["loss"]},
+                                config=config.to_dict())
 
         # Test with the best weights by val/acc (on a tie the earliest), logged at the step count
         # as Lightning's trainer.test() logs it, with the epochs done as its `epoch`.
@@ -262,9 +268,12 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
         best_val_acc = manager.metrics(best_step)["val/acc"] if best_step is not None else math.nan
         status = "success"
     finally:
-        manager.wait_until_finished()
-        manager.close()
-        logger.finalize(status)
+        try:
+            manager.wait_until_finished()  # raises here if the disk filled while it wrote
+        finally:
+            checkpoint.drop_unfinished_exports(manager)
+            manager.close()
+            logger.finalize(status)
 
     if lead:
         print(summary_line("flax", best_val_acc, test["acc"],
@@ -284,14 +293,14 @@ def peak_memory_mb() -> float:
 def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, epoch: int,
                 steps: int, log_every: int, logger: TensorBoardLogger, sharding: NamedSharding,
                 check_finite: bool, manager: Any, stop: "StopRequest | None" = None,
-                progress_bar: bool = True,
+                bar: "tqdm | None" = None,
                 note_bad_images: Callable = lambda bad: None) -> tuple[TrainState, float]:
     """One epoch of `steps` optimizer steps; returns the state and the loop's wall seconds.
 
-    Metrics stay on the device; the host reads them only on logging steps."""
+    Metrics stay on the device; the host reads them only on logging steps. `bar` is the epoch's
+    progress bar, which the caller closes."""
     first_step = int(state.step)
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
-               disable=not progress_bar)
+    bar = bar if bar is not None else tqdm(total=steps, disable=True)
     start = time.perf_counter()
     batches = without_names(itertools.islice(loader, steps), note_bad_images)
     for i, batch in enumerate(prefetch_to_device(batches, sharding)):
@@ -301,7 +310,6 @@ def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, 
         if log_step:
             metrics = jax.device_get(metrics)
             if check_finite and not math.isfinite(metrics["loss"]):
-                bar.close()
                 raise diverged("train/loss", metrics["loss"], step, manager)
             # `epoch` rides along as Lightning adds it to every logged step.
             logger.log_metrics({**{f"train/{k}": float(v) for k, v in metrics.items()}, "epoch": epoch},
@@ -312,7 +320,6 @@ def train_epoch(p_train_step: Callable, state: TrainState, loader: Iterable, *, 
             break
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    bar.close()
     return state, seconds
 
 

@@ -14,6 +14,7 @@ flax_side/loop.py; this file parses the flags, prepares the devices and reports 
 import os
 from pathlib import Path
 
+from harness import disk_faults
 from harness.config import fail, parse_config
 
 
@@ -41,6 +42,11 @@ def main(argv=None) -> None:
         fail(str(err))
     except Interrupted as err:
         fail(str(err), code=130)  # the shell's code for a run ended by SIGINT
+    except Exception as err:
+        message = disk_faults.find(err, config.logdir)
+        if message is None:
+            raise
+        fail(message, code=disk_faults.EXIT_CODE)
 
 
 def join_processes(config) -> None:

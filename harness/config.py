@@ -152,13 +152,15 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"{help_text} (default: {default})", **meta)
 
 
-def build_parser(side: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(side: str, **argparse_kwargs: Any) -> argparse.ArgumentParser:
+    """The train.py parser of `side`; argparse_kwargs (prog, description, parents, ...) override."""
+    settings = dict(
         prog=f"python {side}_side/train.py",
         description=f"Train a ResNet with the {side.capitalize()} side of the harness. "
                     "The other side's train.py takes the very same flags.",
         epilog="Example: python %s_side/train.py --dataset digits --epochs 10 --schedule cosine "
                "--warmup-epochs 1" % side)
+    parser = argparse.ArgumentParser(**{**settings, **argparse_kwargs})
     parser.add_argument("--config", metavar="FILE",
                         help="YAML file of flag values (keys as in --help, with - or _); "
                              "flags on the command line win")
@@ -208,17 +210,21 @@ def save_yaml(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def parse_config(side: str, argv: Sequence[str] | None = None) -> TrainConfig:
-    """Defaults < --config YAML < command line; exits 2 with one line on bad input."""
-    parser = build_parser(side)
+def parse_config(side: str, argv: Sequence[str] | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> TrainConfig:
+    """Defaults < --config YAML < command line; exits 2 with one line on bad input.
+
+    `parser` may add flags of its own to build_parser's; they are left out of the config."""
+    parser = parser or build_parser(side)
     args = parser.parse_args(argv)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
     if args.config:
         try:
             values.update(load_yaml(args.config))
         except ValueError as err:
             parser.error(str(err))
-    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    values.update({k: v for k, v in vars(args).items() if k in known and v is not None})
     try:
         config = TrainConfig(**values)
     except TypeError as err:

@@ -24,10 +24,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 
 from datamodules import DataError, ImageDataModule
+from harness import disk_faults
 from harness.config import TrainConfig, fail, parse_config
 from harness.runs import run_root, summary_line, versions
 from lightning_side.callbacks import (BadImages, EpochThroughput, LatestCheckpoints, SkippedSteps,
                                       StopBetweenSteps, StopOnNonFiniteLoss, TrainingError)
+from lightning_side.checkpoint_io import AtomicCheckpointIO
 from lightning_side.module import ResNetModule
 from lightning_side.sync_batchnorm import GlobalBatchNormSync
 from lightning_side.weights import WeightsError, load_model_state_dict
@@ -65,8 +67,9 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
     if config.resume != "last":
         path = Path(config.resume)
         if path.is_dir():
+            flax = "; to start from a flax run's weights, give it to --init-from" if _flax_run(path) else ""
             raise WeightsError(f"{path} is a folder; --resume on the Lightning side takes a .ckpt "
-                               "file of a Lightning run, or 'last'")
+                               f"file of a Lightning run, or 'last'{flax}")
         if not path.is_file():
             raise WeightsError(f"{path} does not exist; give --resume a .ckpt file or 'last'")
         check_resumable(path)
@@ -80,6 +83,11 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
             return str(candidate)
     raise WeightsError(f"no complete checkpoint to resume under "
                        f"{run_root(config.logdir, SIDE, config.run_name)}; check --logdir and --run-name")
+
+
+def _flax_run(path: Path) -> bool:
+    """A flax version, checkpoints or step folder (the other side's run)."""
+    return any(path.glob(pattern) for pattern in ("torch_weights", "checkpoints/*/state", "*/state", "state"))
 
 
 def _newest_first(directory: Path) -> list[Path]:
@@ -119,6 +127,7 @@ def build_trainer(config: TrainConfig, logger, callbacks) -> L.Trainer:
     cuda = torch.cuda.is_available()
     arguments = precision_arguments(lightning_precision(config.precision, cuda))
     distributed = config.devices * config.num_nodes > 1
+    arguments["plugins"] = [*arguments.get("plugins", []), AtomicCheckpointIO()]
     if distributed and not cuda:
         # BatchNorm statistics over the global batch, as on the flax side: torch's SyncBatchNorm
         # on GPUs (sync_batchnorm), GlobalBatchNorm2d where torch has no SyncBatchNorm kernels.
@@ -232,6 +241,11 @@ def main(argv=None) -> None:
         fail(str(err))
     except Interrupted as err:
         fail(str(err), code=130)  # the shell's code for a run ended by SIGINT
+    except Exception as err:
+        message = disk_faults.find(err, config.logdir)
+        if message is None:
+            raise
+        fail(message, code=disk_faults.EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""A full, read-only or vanished disk under --logdir: one line that names the path and what to do,
+and an exit code of its own, on both sides.
+
+Such errors surface as an OSError from Python (Lightning's folders and checkpoints, TensorBoard's
+event files, hparams.yaml), or as a TensorStore/Orbax error whose text carries the system's message
+(Orbax's checkpoint writer), so both are recognised here.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from pathlib import Path
+
+# sysexits.h's EX_IOERR: "an error occurred while doing I/O on some file". Bad input exits 2,
+# Ctrl-C 130, a diverged run 2; a disk fault is none of these.
+EXIT_CODE = 74
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file grew past the size this process may write",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "the folder vanished",
+    errno.ENOTDIR: "a file stands where a folder should be",
+    errno.EEXIST: "a file stands where a folder should be",
+    errno.EIO: "an input/output error of the device",
+}
+_MESSAGES = {  # the system's text as TensorStore and others pass it on
+    "No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+    "File too large": errno.EFBIG, "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES, "Not a directory": errno.ENOTDIR,
+}
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def find(err: BaseException, logdir: str | Path) -> str | None:
+    """The one-line message if `err` (or an error it came from) is a disk fault, else None.
+
+    An OSError for a missing file counts only under `logdir`: a missing dataset is bad input,
+    reported elsewhere."""
+    logdir = Path(logdir).absolute()
+    for link in _chain(err):
+        code, path = None, None
+        if isinstance(link, OSError) and link.errno in _CAUSES:
+            code, path = link.errno, link.filename
+        else:
+            text = str(link)
+            code = next((c for message, c in _MESSAGES.items() if message in text), None)
+            found = re.search(r"(/[^\s'\"]+)", text)
+            path = found.group(1) if found else None
+        if code is None:
+            continue
+        if path is not None and not _under(Path(str(path)), logdir):
+            if code in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
+                continue  # a data or weights path: not the logdir's disk
+        where = path if path is not None else logdir
+        return (f"cannot write {where}: {_CAUSES[code]}. {_advice(code)}; the run's complete "
+                f"checkpoints are kept, and --resume last continues from the newest")
+    return None
+
+
+def _advice(code: int) -> str:
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "Free space under --logdir, or move the run folder to a disk with room"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "Make --logdir writable, or give another --logdir"
+    return "Check that --logdir is a folder that stays in place, or give another --logdir"
+
+
+def _under(path: Path, root: Path) -> bool:
+    try:
+        path.absolute().relative_to(root)
+        return True
+    except ValueError:
+        return False

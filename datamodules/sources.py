@@ -74,18 +74,13 @@ def _source(train_images, train_labels, test_images, test_labels, classes, hflip
 # torchvision (or a test that patches its url/md5 attributes) says is what gets used.
 _CIFAR = {"cifar10": ("CIFAR10", "CIFAR-10"), "cifar100": ("CIFAR100", "CIFAR-100")}
 
-# Everything a failed download can raise: no route / refused / DNS (URLError, OSError),
-# a broken HTTP exchange, torchvision's "File not found or corrupted." after an md5 mismatch
-# (RuntimeError), redirect loops, and a truncated or non-gzip archive.
-_DOWNLOAD_ERRORS = (
-    urllib.error.URLError,
-    OSError,
-    http.client.HTTPException,
-    RuntimeError,
-    RecursionError,
-    tarfile.TarError,
-    EOFError,
-)
+# What a failed download raises: no route / refused / DNS / timeout (URLError and the socket
+# errors under it), a broken HTTP exchange, redirect loops. Only these are "could not be downloaded".
+_NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException,
+                   RecursionError)
+# What a downloaded archive that is not CIFAR raises: torchvision's "File not found or corrupted."
+# after an md5 mismatch (RuntimeError), and a truncated or non-gzip archive.
+_ARCHIVE_ERRORS = (RuntimeError, tarfile.TarError, EOFError)
 
 
 def _cifar_class(name: str):
@@ -129,15 +124,21 @@ def prepare(name: str, data_dir: str | os.PathLike) -> None:
     try:
         # train=False: the smaller split is enough to trigger download + full integrity check.
         cls(root=os.fspath(root), train=False, download=True)
-    except _DOWNLOAD_ERRORS as e:
+    except _NETWORK_ERRORS as e:
+        raise DataError(
+            f"{_CIFAR[name][1]} is not in {root} and could not be downloaded ({one_line(e)}); {_what_to_do(name)}"
+        ) from e
+    except _ARCHIVE_ERRORS as e:
         archive = root / cls.filename
         if archive.is_file() and not _archive_is_valid(cls, root):
             reason = f"{archive} failed its md5 check: a partial download or a different file"
         else:
-            reason = one_line(e)
-        raise DataError(
-            f"{_CIFAR[name][1]} is not in {root} and could not be downloaded ({reason}); {_what_to_do(name)}"
-        ) from e
+            reason = f"the downloaded archive is damaged: {one_line(e)}"
+        raise DataError(f"{_CIFAR[name][1]} could not be prepared in {root} ({reason}); {_what_to_do(name)}") from e
+    except OSError as e:  # not the network: writing the archive or its files under --data-dir
+        raise DataError(f"cannot write {e.filename or root} while downloading {_CIFAR[name][1]} "
+                        f"({e.strerror or one_line(e)}); give --data-dir a writable folder with room, "
+                        f"or {_what_to_do(name)}") from e
 
 
 def _load_cifar(name: str, data_dir: str | os.PathLike) -> Source:

@@ -20,6 +20,7 @@ the checkpoints it resumed from (the latest and the best) are copied into the ne
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -106,13 +107,50 @@ def drop_unfinished_exports(manager: ocp.CheckpointManager) -> None:
     if jax.process_index() != 0:
         return
     exports = Path(manager.directory).parent / TORCH_EXPORTS
-    complete = set(manager.all_steps(read=True))
+    manager.reload()
+    complete = set(manager.all_steps())
     for path in exports.glob("*.pt"):
         if path.stem.isdigit() and int(path.stem) not in complete:
             path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- resuming
+
+def candidates(resume: str, logdir: str | Path, run_name: str) -> list[tuple[Path, int]]:
+    """What --resume may continue from, in order: for 'last' every complete checkpoint of the
+    run, newest first (a damaged one is passed over for the next); otherwise the one named."""
+    if resume != "last":
+        return [find(resume, logdir, run_name)]
+    found = []
+    for version in reversed(versions(logdir, "flax", run_name)):
+        directory = version / CHECKPOINTS
+        if directory.is_dir():
+            found += [(directory, step) for step in sorted(
+                (int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir()),
+                reverse=True)]
+    if not found:
+        find(resume, logdir, run_name)  # raises the one-line error
+    return found
+
+
+def restore_newest(choices: list[tuple[Path, int]], state: TrainState, rng: jax.Array,
+                   ) -> tuple[TrainState, jax.Array, dict[str, Any], Path, int]:
+    """Restores the first of `choices` that reads back whole; says which ones it passed over."""
+    passed = []
+    for directory, step in choices:
+        try:
+            restored = restore(directory, step, state, rng)
+        except CheckpointError as err:
+            if len(choices) == 1:
+                raise
+            passed.append(f"{directory / str(step)} ({err})")
+            continue
+        if passed and jax.process_index() == 0:
+            print(f"warning: --resume last passed over {len(passed)} damaged checkpoint(s): "
+                  f"{'; '.join(passed)}; resuming from {directory / str(step)}", file=sys.stderr, flush=True)
+        return (*restored, directory, step)
+    raise CheckpointError(f"--resume last: no checkpoint of the run reads back whole; the newest: {passed[0]}")
+
 
 def find(resume: str, logdir: str | Path, run_name: str) -> tuple[Path, int]:
     """(checkpoints folder, step) for --resume: 'last', a checkpoints folder, a step folder
@@ -174,9 +212,9 @@ def restore(directory: Path, step: int, state: TrainState,
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                           meta=ocp.args.JsonRestore()))
     except Exception as err:  # Orbax raises many types, with pages of text: keep one line.
-        raise CheckpointError(f"cannot resume from {directory / str(step)} ({_first_line(err)}); "
-                              f"was it written by a run of the same --model, --dataset and "
-                              f"--precision?") from None
+        raise CheckpointError(f"cannot resume from {directory / str(step)} ({_first_line(err)[:300]}): "
+                              f"its files are damaged, or a run of another --model, --dataset or "
+                              f"--precision wrote it") from None
     items = restored["state"]
     state = state.replace(step=items["step"], params=items["params"],
                           batch_stats=items["batch_stats"], opt_state=items["opt_state"],

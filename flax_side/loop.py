@@ -23,6 +23,7 @@ import collections
 import functools
 import itertools
 import math
+import sys
 import operator
 import time
 from pathlib import Path
@@ -166,11 +167,11 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                                    weight_decay=config.weight_decay, loss_scaling=loss_scaling)
     first_epoch = 0
     if config.resume:
-        source, source_step = checkpoint.find(config.resume, config.logdir, config.run_name)
+        choices = checkpoint.candidates(config.resume, config.logdir, config.run_name)
         # Shapes, dtypes and shardings only: every value comes from the checkpoint.
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                               jax.eval_shape(lambda r: make_state(init(r)), init_rng))
-        state, rng, meta = checkpoint.restore(source, source_step, target, rng)
+        state, rng, meta, source, source_step = checkpoint.restore_newest(choices, target, rng)
         first_epoch = meta["epochs_done"]
     else:
         if config.init_from:
@@ -246,7 +247,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                 train_seconds, train_images = train_seconds + seconds, train_images + images
                 logger.log_metrics({"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
                                     "perf/epoch_seconds": seconds,
-                                    "perf/train_images_per_sec": images / seconds,
+                                    "perf/train_images_per_sec": images / seconds if seconds else math.nan,
                                     "perf/peak_memory_mb": peak_memory_mb(),
                                     "data/bad_images": len(data.bad_images)}, step=step)
                 if not loss_scaling and not math.isfinite(val["loss"]):
@@ -261,7 +262,12 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
         best_step = manager.best_step()
         best_state = state
         if best_step is not None and best_step != int(state.step):
-            best_state, _, _ = checkpoint.restore(manager.directory, best_step, state, rng)
+            try:
+                best_state, _, _ = checkpoint.restore(manager.directory, best_step, state, rng)
+            except checkpoint.CheckpointError as err:
+                if lead:
+                    print(f"warning: the best checkpoint cannot be read ({err}); the test split is "
+                          f"evaluated with the final weights, of step {int(state.step)}", file=sys.stderr, flush=True)
         test = evaluate_on(best_state, loaders["test"], limit=None)
         logger.log_metrics({"test/loss": test["loss"], "test/acc": test["acc"], "epoch": config.epochs},
                            step=int(state.step))

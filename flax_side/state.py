@@ -53,6 +53,9 @@ def initial_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, 
 GRADSCALER_GROWTH_INTERVAL = 2000  # torch.amp.GradScaler's default
 
 
+INITIAL_LOSS_SCALE = 2.0 ** 16  # torch GradScaler's init_scale, which the Lightning side passes too
+
+
 def dynamic_scale_interval(gradscaler_interval: int) -> int:
     """DynamicScale's growth_interval that grows the scale on the same step as GradScaler's.
 
@@ -66,7 +69,8 @@ def create_train_state(model: nn.Module, variables: dict, *, schedule: optax.Sch
                        momentum: float, nesterov: bool, weight_decay: float,
                        loss_scaling: bool) -> TrainState:
     """A step-0 state. `loss_scaling` (16-mixed) adds a DynamicScale with torch GradScaler's
-    defaults: scale 2**16, x2 after 2000 finite steps, x0.5 after a non-finite one."""
+    defaults: scale INITIAL_LOSS_SCALE (2**16), x2 after 2000 finite steps, x0.5 after a
+    non-finite one."""
     tx = create_optimizer(schedule, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     dynamic_scale = None
     if loss_scaling:
@@ -74,7 +78,7 @@ def create_train_state(model: nn.Module, variables: dict, *, schedule: optax.Sch
         dynamic_scale = DynamicScale(growth_factor=2.0, backoff_factor=0.5,
                                      growth_interval=dynamic_scale_interval(GRADSCALER_GROWTH_INTERVAL),
                                      fin_steps=jnp.zeros((), jnp.int32),
-                                     scale=jnp.asarray(2.0 ** 16, jnp.float32))
+                                     scale=jnp.asarray(INITIAL_LOSS_SCALE, jnp.float32))
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                               batch_stats=variables["batch_stats"], dynamic_scale=dynamic_scale,
                               weight_decay=weight_decay)

@@ -11,7 +11,9 @@ logs/flax/<run-name>/version_N for `tensorboard --logdir logs`. The work is done
 flax_side/loop.py; this file parses the flags, prepares the devices and reports errors.
 """
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 from harness import disk_faults
@@ -36,6 +38,9 @@ def main(argv=None) -> None:
     from flax_side.checkpoint import CheckpointError
     from flax_side.loop import Interrupted, TrainingError, train_and_evaluate
 
+    sys.excepthook = disk_faults.quiet_closed_loop(sys.excepthook)
+    for library in ("absl", "asyncio"):  # Orbax's writer logs each failed write of a full disk
+        logging.getLogger(library).addFilter(disk_faults.QuietDiskFaults(config.logdir))
     try:
         train_and_evaluate(config)
     except (DataError, CheckpointError, TrainingError) as err:
@@ -46,7 +51,12 @@ def main(argv=None) -> None:
         message = disk_faults.find(err, config.logdir)
         if message is None:
             raise
-        fail(message, code=disk_faults.EXIT_CODE)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        # Orbax's writer threads still hold the failed save's futures; at interpreter exit
+        # TensorStore calls them back into a closed event loop, each with a traceback. The run's
+        # files are closed by now (loop.py's finally), so leave at once.
+        sys.stdout.flush()
+        os._exit(disk_faults.EXIT_CODE)
 
 
 def join_processes(config) -> None:

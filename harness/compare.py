@@ -200,6 +200,15 @@ def _nothing_to_compare(groups, unfinished) -> str:
             + " and ".join(f"python {side}_side/train.py" for side in missing) + " first")
 
 
+def add_margin_flags(parser) -> None:
+    """--acc-margin and --ratio-margin, which harness.sweep passes on."""
+    parser.add_argument("--acc-margin", type=float, default=1.0, metavar="POINTS",
+                        help="equivalence margin for accuracies, in points (default: 1)")
+    parser.add_argument("--ratio-margin", type=float, default=5.0, metavar="PERCENT",
+                        help="equivalence margin for throughput, memory, wall time and loss, as "
+                             "a ratio flax/lightning within ±PERCENT (default: 5)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.split("\n\n")[0],
                                      epilog="How to read a verdict: see the README's 'Compare the two sides'.")
@@ -209,11 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flax", type=Path, help="... with this Flax version folder (one run each)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output path without extension (default: LOGDIR/compare)")
-    parser.add_argument("--acc-margin", type=float, default=1.0, metavar="POINTS",
-                        help="equivalence margin for accuracies, in points (default: 1)")
-    parser.add_argument("--ratio-margin", type=float, default=5.0, metavar="PERCENT",
-                        help="equivalence margin for throughput, memory, wall time and loss, as "
-                             "a ratio flax/lightning within ±PERCENT (default: 5)")
+    add_margin_flags(parser)
     args = parser.parse_args(argv)
     logdir = Path(args.logdir)
     out = args.out or logdir / "compare"

@@ -9,6 +9,7 @@ event files, hparams.yaml), or as a TensorStore/Orbax error whose text carries t
 from __future__ import annotations
 
 import errno
+import logging
 import re
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def find(err: BaseException, logdir: str | Path) -> str | None:
         else:
             text = str(link)
             code = next((c for message, c in _MESSAGES.items() if message in text), None)
-            found = re.search(r"(/[^\s'\"]+)", text)
-            path = found.group(1) if found else None
+            # The first path under the logdir that the text names, as TensorStore quotes it.
+            named = [p for p in re.findall(r"(/[^\s'\"]+)", text) if _under(Path(p), logdir)]
+            path = named[0] if named else None
         if code is None:
             continue
         if path is not None and not _under(Path(str(path)), logdir):
@@ -83,3 +85,30 @@ def _under(path: Path, root: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+class QuietDiskFaults(logging.Filter):
+    """Drops a library's log records of a disk fault (Orbax logs each failed background write
+    with its traceback): the run ends with its own one line instead."""
+
+    def __init__(self, logdir: str | Path) -> None:
+        super().__init__()
+        self.logdir = logdir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if err is not None and find(err, self.logdir):
+            return False
+        return find(Exception(record.getMessage()), self.logdir) is None
+
+
+def quiet_closed_loop(excepthook):
+    """sys.excepthook without TensorStore's reports of a failed Orbax write: once one write fails
+    (a full disk), Orbax closes its event loop, and TensorStore's threads, calling back into it for
+    the writes still under way, print 'Event loop is closed' with a traceback for each."""
+    def hook(kind, value, traceback):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        excepthook(kind, value, traceback)
+
+    return hook

@@ -35,11 +35,7 @@ def sweep_flags() -> argparse.ArgumentParser:
     group = own.add_argument_group("the sweep's own flags")
     group.add_argument("--seeds", type=int, nargs="+", required=True, metavar="N",
                        help="one number: seeds 0..N-1; several: exactly those seeds")
-    group.add_argument("--acc-margin", type=float, default=1.0, metavar="POINTS",
-                       help="equivalence margin for accuracies, in points (default: 1)")
-    group.add_argument("--ratio-margin", type=float, default=5.0, metavar="PERCENT",
-                       help="equivalence margin for throughput, memory, wall time and loss, "
-                            "as flax/lightning within ±PERCENT (default: 5)")
+    compare.add_margin_flags(group)
     return own
 
 

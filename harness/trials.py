@@ -81,10 +81,12 @@ class Trial:
         def values(tag):
             return [v for _, v, _ in scalars.get(tag, [])]
 
-        # The first epoch of each version carries compilation (flax) and warm-up (both).
-        speeds = [s for version in self.versions
-                  for s in ([v for _, v, _ in version.scalars.get("perf/train_images_per_sec", [])][1:]
-                            or [v for _, v, _ in version.scalars.get("perf/train_images_per_sec", [])])]
+        # The first epoch of each version carries compilation (flax) and warm-up (both); an
+        # epoch that trained no image (a resume entered at its end) logs NaN.
+        speeds = []
+        for version in self.versions:
+            per_epoch = [v for _, v, _ in version.scalars.get("perf/train_images_per_sec", []) if math.isfinite(v)]
+            speeds += per_epoch[1:] or per_epoch
         val_acc = values("val/acc")
         first = self.versions[0]
         first_train = min((t for _, _, t in first.scalars.get("train/loss", [])), default=math.nan)

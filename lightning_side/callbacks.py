@@ -56,14 +56,15 @@ class EpochThroughput(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._stop(trainer)
-        if not self._images or not self._seconds:
-            return
+        seconds = self._seconds or 0.0
         self.total_images += self._images
-        self.total_seconds += self._seconds
+        self.total_seconds += seconds
         if trainer.is_global_zero and trainer.logger is not None:
-            # At the epoch's last step, where Lightning puts val/* too.
-            trainer.logger.log_metrics({"perf/train_images_per_sec": self._images / self._seconds,
-                                        "perf/epoch_seconds": self._seconds,
+            # At the epoch's last step, where Lightning puts val/* too; every epoch, as on the flax
+            # side (an epoch a resume entered at its end trains 0 images).
+            trainer.logger.log_metrics({"perf/train_images_per_sec": self._images / seconds if seconds
+                                        else float("nan"),
+                                        "perf/epoch_seconds": seconds,
                                         "perf/peak_memory_mb": peak_memory_mb(trainer)},
                                        step=trainer.global_step - 1)
 

@@ -30,6 +30,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, path)
+        except OSError as err:  # name the checkpoint: torch.save writes to a file object
+            partial.unlink(missing_ok=True)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

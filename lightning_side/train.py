@@ -35,6 +35,7 @@ from lightning_side.sync_batchnorm import GlobalBatchNormSync
 from lightning_side.weights import WeightsError, load_model_state_dict
 
 SIDE = "lightning"
+INITIAL_LOSS_SCALE = 2.0 ** 16  # GradScaler's default, which the flax side's DynamicScale starts at too
 KEEP_LAST = 3  # epoch checkpoints kept besides the best one
 
 
@@ -52,7 +53,8 @@ def precision_arguments(precision: str) -> dict:
     flax side computes in float16 there, so the plugin is built by hand to stay the same experiment.
     """
     if precision == "16-mixed" and not torch.cuda.is_available():
-        return {"plugins": [MixedPrecision("16-mixed", device="cpu")]}
+        scaler = torch.amp.GradScaler("cpu", init_scale=INITIAL_LOSS_SCALE)
+        return {"plugins": [MixedPrecision("16-mixed", device="cpu", scaler=scaler)]}
     return {"precision": precision}
 
 
@@ -74,12 +76,17 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
             raise WeightsError(f"{path} does not exist; give --resume a .ckpt file or 'last'")
         check_resumable(path)
         return str(path)
+    passed = []
     for version in reversed(versions(config.logdir, SIDE, config.run_name)):
         for candidate in _newest_first(version / "checkpoints"):
             try:
                 check_resumable(candidate)
-            except WeightsError:
+            except WeightsError as err:
+                passed.append(str(err))
                 continue
+            if passed:
+                print(f"warning: --resume last passed over {len(passed)} damaged checkpoint(s): "
+                      f"{'; '.join(passed)}; resuming from {candidate}", file=sys.stderr, flush=True)
             return str(candidate)
     raise WeightsError(f"no complete checkpoint to resume under "
                        f"{run_root(config.logdir, SIDE, config.run_name)}; check --logdir and --run-name")
@@ -87,7 +94,7 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
 
 def _flax_run(path: Path) -> bool:
     """A flax version, checkpoints or step folder (the other side's run)."""
-    return any(path.glob(pattern) for pattern in ("torch_weights", "checkpoints/*/state", "*/state", "state"))
+    return any(any(path.glob(pattern)) for pattern in ("torch_weights", "checkpoints/*/state", "*/state", "state"))
 
 
 def _newest_first(directory: Path) -> list[Path]:
@@ -213,6 +220,9 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
                           f"--run-name {config.run_name}") from None
 
     best = checkpoint.best_model_path if Path(checkpoint.best_model_path or "/").is_file() else None
+    if best is None and trainer.is_global_zero:
+        print(f"warning: the best checkpoint {checkpoint.best_model_path or '(none written)'} is missing; "
+              f"the test split is evaluated with {latest.last_model_path}", file=sys.stderr, flush=True)
     test = trainer.test(fit_module, datamodule=datamodule, ckpt_path=best or latest.last_model_path,
                         verbose=False, weights_only=True)[0]
     result = {

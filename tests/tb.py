@@ -14,3 +14,9 @@ def scalars(version_dir) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(Path(version_dir)), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def first_step(version_dir, tag: str = "train/loss") -> int:
+    """The first step a version logged `tag` at: after --resume, the step after the checkpoint's
+    last one (0 would mean the run started over)."""
+    return min(step for step, _ in scalars(version_dir)[tag])

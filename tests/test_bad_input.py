@@ -1,5 +1,8 @@
 """Bad flags, config, data and weights: both train.py exit 2 with one line and write nothing."""
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,37 +43,102 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
+ARGPARSE_CASES = {"unknown model", "unknown dataset", "unknown precision", "zero epochs", "zero batch size",
+                  "NaN learning rate", "missing config file", "malformed config file"}
+
+
+# One case of each kind runs in the fast suite; all of them under -m slow.
+FAST_CASES = ("unknown model", "no data, no network", "corrupt --init-from")
+ALL_CASES = ("unknown model", "unknown dataset", "unknown precision", "zero epochs", "zero batch size",
+             "NaN learning rate", "missing config file", "malformed config file", "empty image folder",
+             "unreadable image", "no data, no network", "nothing to resume", "corrupt --init-from")
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
-    """Every case on both sides, started together: each process mostly waits on imports."""
+def outcomes(tmp_path_factory, request):
+    """The selected cases on both sides, started together: each process mostly waits on imports."""
     tmp = tmp_path_factory.mktemp("bad")
     cases = _cases(tmp)
+    selected = {item.callspec.params["case"] for item in request.session.items
+                if item.originalname == "test_bad_input_is_one_line_and_exit_2"}
     procs = {}
     for name, (argv, _) in cases.items():
+        if name not in selected:
+            continue
         for side in SIDES:
             logdir = tmp / "logs" / side / name.replace(" ", "_")
+            # The real download code, pointed at a closed port: the test never leaves 127.0.0.1.
+            start = ([sys.executable, "-c", OFFLINE.format(url=_closed_port_url(), script=f"{side}_side/train.py")]
+                     if name == "no data, no network" else [sys.executable, f"{side}_side/train.py"])
             procs[name, side] = (logdir, subprocess.Popen(
-                [sys.executable, f"{side}_side/train.py", *argv, "--logdir", str(logdir)],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                [*start, *argv, "--logdir", str(logdir)], cwd=ROOT, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, start_new_session=True))
     results = {}
-    for key, (logdir, proc) in procs.items():
-        _, stderr = proc.communicate(timeout=600)
-        results[key] = (proc.returncode, stderr, logdir)
+    try:
+        for key, (logdir, proc) in procs.items():
+            _, stderr = proc.communicate(timeout=600)
+            results[key] = (proc.returncode, stderr, logdir)
+    finally:  # a run that hangs is killed with every process it started (loader workers, DDP)
+        for _, proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     return cases, results
 
 
+OFFLINE = ("import runpy, sys, torchvision; torchvision.datasets.CIFAR10.url = {url!r}; "
+           "sys.argv = [{script!r}, *sys.argv[1:]]; runpy.run_path({script!r}, run_name='__main__')")
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:  # bound and closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
+
+
 @pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("case", [
-    "unknown model", "unknown dataset", "unknown precision", "zero epochs", "zero batch size",
-    "NaN learning rate", "missing config file", "malformed config file", "empty image folder",
-    "unreadable image", "no data, no network", "nothing to resume", "corrupt --init-from"])
+@pytest.mark.parametrize("case", [c if c in FAST_CASES else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in ALL_CASES])
 def test_bad_input_is_one_line_and_exit_2(outcomes, case, side):
     cases, results = outcomes
     code, stderr, logdir = results[case, side]
     needle = cases[case][1]
     assert code == 2, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
-    error_lines = [line for line in stderr.splitlines() if "error:" in line]
-    assert len(error_lines) == 1 and needle in error_lines[0], stderr[-2000:]
+    lines = stderr.splitlines()
+    if case in ARGPARSE_CASES:  # argparse's usage lines, then its one error line (README: Bad input)
+        usage = lines[:-1]
+        assert usage and usage[0].startswith(f"usage: python {side}_side/train.py"), stderr[-2000:]
+        assert all(line.startswith(" ") for line in usage[1:]), stderr[-2000:]
+        assert lines[-1].startswith(f"python {side}_side/train.py: error: ") and needle in lines[-1]
+    else:  # the harness's own errors: exactly one line, nothing else
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr[-2000:]
     # nothing written: no run folder, so no user's logs or checkpoints could have been touched
     assert not any(logdir.rglob("*")), sorted(logdir.rglob("*"))
+
+
+def test_the_other_sides_run_given_to_resume_points_to_init_from(tmp_path):
+    """A Lightning .ckpt or run folder to the flax side, a flax run folder to the Lightning side:
+    the error says that --init-from starts from its weights."""
+    from flax_side.checkpoint import CheckpointError, find
+    from harness.config import TrainConfig
+    from lightning_side.train import resume_checkpoint
+    from lightning_side.weights import WeightsError
+
+    lightning_run = tmp_path / "lightning" / "r" / "version_0"
+    (lightning_run / "checkpoints").mkdir(parents=True)
+    (lightning_run / "checkpoints" / "last.ckpt").write_bytes(b"a Lightning checkpoint")
+    for given in (lightning_run / "checkpoints" / "last.ckpt", lightning_run):
+        with pytest.raises(CheckpointError, match="give it to --init-from"):
+            find(str(given), tmp_path, "r")
+    flax_run = tmp_path / "flax" / "r" / "version_0"
+    (flax_run / "checkpoints" / "3" / "state").mkdir(parents=True)
+    (flax_run / "torch_weights").mkdir()
+    for given in (flax_run, flax_run / "checkpoints", flax_run / "checkpoints" / "3"):
+        with pytest.raises(WeightsError, match="give it to --init-from"):
+            resume_checkpoint(TrainConfig(resume=str(given), logdir=str(tmp_path)))
+    # A folder of neither side gets no such hint.
+    (tmp_path / "other").mkdir()
+    with pytest.raises(WeightsError) as err:
+        resume_checkpoint(TrainConfig(resume=str(tmp_path / "other"), logdir=str(tmp_path)))
+    assert "--init-from" not in str(err.value)

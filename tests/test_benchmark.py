@@ -5,6 +5,7 @@ import pytest
 from harness.benchmark import main
 
 
+@pytest.mark.slow  # the whole benchmark: about 2 minutes on 2 cores
 def test_benchmark_prints_every_row(capsys):
     # Two flax columns (1 and 2 devices); torch.compile is left out of this quick check.
     assert main(["--steps", "2", "--batch-size", "16", "--devices", "2", "--no-compile"]) == 0

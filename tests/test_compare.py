@@ -12,6 +12,7 @@ from harness.compare import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a real run per side; the fabricated runs above test the report fast
 def test_report_from_two_real_runs(tmp_path, capsys):
     logdir = tmp_path / "logs"
     argv = ["--dataset", "digits", "--batch-size", "32", "--epochs", "2", "--limit-train-batches", "3",

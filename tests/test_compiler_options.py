@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from flax_side.compiler_options import CPU_STEP_OPTIONS, step_compiler_options
 from flax_side.models import create_model
@@ -42,6 +43,7 @@ def _relus_in_compiled_step(model_name, options):
     return step.lower(state, batch).compile().as_text().count(" maximum(")
 
 
+@pytest.mark.slow  # compiles resnet32's step twice
 def test_without_the_fusion_pass_each_relu_is_computed_once(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     # resnet32: 31 ReLUs forward; the backward reuses their outputs instead of recomputing the chain.

@@ -191,6 +191,17 @@ def test_no_network_is_a_one_line_data_error(tmp_path, patched):
     assert "\n" not in msg and "--data-dir" in msg and "--dataset digits" in msg
 
 
+def test_a_data_dir_that_cannot_be_written_is_not_called_a_network_failure(tmp_path, patched):
+    patched(f"http://127.0.0.1:{_free_port()}/cifar-10-python.tar.gz")
+    (tmp_path / "data").write_text("a file where --data-dir's folder should be")
+    dm = ImageDataModule("cifar10", data_dir=str(tmp_path / "data"), batch_size=4)
+    with pytest.raises(DataError) as err:
+        dm.prepare_data()
+    msg = str(err.value)
+    assert "\n" not in msg and "could not be downloaded" not in msg
+    assert msg.startswith(f"cannot write {tmp_path / 'data'}") and "--data-dir" in msg
+
+
 def test_user_supplied_archive_needs_no_network(tmp_path, archive, patched):
     patched(f"http://127.0.0.1:{_free_port()}/cifar-10-python.tar.gz")  # would fail if used
     shutil.copy(archive["tgz"], tmp_path / "cifar-10-python.tar.gz")

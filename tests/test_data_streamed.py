@@ -201,6 +201,7 @@ print(json.dumps({"grew_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 """
 
 
+@pytest.mark.slow  # decodes a large folder
 def test_memory_does_not_grow_with_the_folder(tmp_path):
     # 400x300 photos: held decoded, 600 of them would take 216 MB, 1200 of them 432 MB.
     def folder(name, per_class):

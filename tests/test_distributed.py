@@ -21,7 +21,10 @@ import numpy as np
 import pytest
 
 from tests.parity import final_weights
-from tests.tb import DESIGN_TAGS, scalars
+from tests.tb import DESIGN_TAGS, first_step, scalars
+
+# Several processes per test: the slow suite. Fast: test_sync_batchnorm.py, test_flax_train.py's two devices.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGV = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "4",
@@ -116,6 +119,8 @@ def test_two_nodes_resume_from_the_first_epoch_to_the_same_end(tmp_path, side):
     straight, resumed = final_weights(side, first), final_weights(side, first.parent / "version_1")
     worst = max(float(np.abs(straight[k] - resumed[k]).max()) for k in straight)
     assert worst < 1e-12, f"weights differ by {worst:.2e}"
+    # It resumed rather than started over (which would end on the same weights).
+    assert first_step(first.parent / "version_1", "val/acc") == 7  # epoch 1's end, after step 4's checkpoint
 
 
 def ctrl_c(processes: list[subprocess.Popen], checkpoint: Path) -> list[int]:
@@ -159,3 +164,30 @@ def test_ctrl_c_stops_every_process_at_one_step_and_resumes(tmp_path, side):
         two_nodes(side, tmp_path, "stop", *argv, "--resume", "last")
     assert "version_1" in {p.name for p in version.parent.iterdir()}
     assert [s for s, _ in scalars(version.parent / "version_1")["test/acc"]] == [120]
+    assert first_step(version.parent / "version_1") == step  # it went on from the Ctrl-C checkpoint
+
+
+@pytest.mark.slow  # two processes per side
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_a_diverged_multi_process_run_stops_on_every_rank_together(tmp_path, side):
+    """--lr 1e8: every process stops at the same step with the one-line divergence error, and none
+    is left waiting in a collective (the timeout would fail the test)."""
+    argv = ["--lr", "1e8", "--precision", "32", "--epochs", "3"]
+    if side == "lightning":
+        processes = [launch(side, tmp_path, "diverged", "--devices", "2", *argv, new_session=True)]
+    else:
+        address = f"127.0.0.1:{free_port()}"
+        processes = [launch(side, tmp_path, "diverged", "--num-nodes", "2", "--node-rank", str(rank),
+                            "--coordinator-address", address, *argv, new_session=True) for rank in (1, 0)]
+    try:
+        stderr = [p.communicate(timeout=600)[1] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert [p.returncode for p in processes] == [2] * len(processes), stderr
+    # Lightning: one launch, whose DDP child reports the same error; flax: one per process.
+    errors = [line for err in stderr for line in err.splitlines() if line.startswith("error:")]
+    assert errors and all("training diverged" in e for e in errors), stderr
+    steps = {re.search(r"at step (\d+)", e).group(1) for e in errors}
+    assert len(steps) == 1, errors  # every rank stopped after the same step

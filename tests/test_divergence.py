@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # subprocesses; the divergence after a checkpoint below stays fast
 @pytest.mark.parametrize("side", ["lightning", "flax"])
 def test_non_finite_loss_stops_the_run(tmp_path, side):
     argv = ["--dataset", "digits", "--epochs", "3", "--limit-train-batches", "5", "--batch-size", "32",
@@ -24,3 +25,63 @@ def test_non_finite_loss_stops_the_run(tmp_path, side):
         assert Path(named.group(1)).exists()
     else:
         assert "no checkpoint had been written yet" in errors[0]
+
+
+# A run that is fine for its first epoch (3 steps, checkpoint at step 3) and diverges in the next:
+# the same LR schedule on both sides, 0.1 and then 1e30 from step 4 on. (Not from step 3: a
+# Lightning checkpoint holds the LR of the step after it, which would carry the 1e30 over.)
+BLOW_UP_AT = 4
+QUICK = ["--dataset", "digits", "--epochs", "3", "--limit-train-batches", "3", "--batch-size", "32",
+         "--limit-val-batches", "1", "--log-every", "1", "--lr", "0.1"]
+
+
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resumes(tmp_path, side,
+                                                                                     monkeypatch):
+    from harness.config import parse_config
+    from tests.tb import first_step, scalars
+
+    argv = QUICK + ["--logdir", str(tmp_path)]
+    version = tmp_path / side / "resnet20-digits" / "version_0"
+    if side == "lightning":
+        from lightning_side import module
+        from lightning_side.callbacks import TrainingError
+        from lightning_side.train import train
+
+        monkeypatch.setattr(module, "lr_factor_fn",
+                            lambda *args, **kwargs: lambda step: 1.0 if step < BLOW_UP_AT else 1e31)
+        run = lambda args: train(parse_config("lightning", args))  # noqa: E731
+    else:
+        import jax.numpy as jnp
+
+        from flax_side import loop
+        from flax_side.loop import TrainingError, train_and_evaluate
+
+        monkeypatch.setattr(loop, "create_schedule", lambda config, steps: lambda count: jnp.where(
+            count < BLOW_UP_AT, 0.1, 1e30))
+        run = lambda args: train_and_evaluate(parse_config("flax", args))  # noqa: E731
+    with pytest.raises(TrainingError) as err:
+        run(argv)
+    message = str(err.value)
+    assert "\n" not in message and "training diverged" in message, message
+    named = Path(re.search(r"last good checkpoint is (\S+)", message).group(1))
+    # It names the checkpoint of step 3, and nothing was saved after the divergence.
+    checkpoints = version / "checkpoints"
+    if side == "lightning":
+        from lightning_side.train import check_resumable
+
+        check_resumable(named)
+        assert named.resolve().name == "epoch000-step3.ckpt", named
+        assert sorted(p.name for p in checkpoints.iterdir()) == [
+            "best-epoch000-step3.ckpt", "epoch000-step3.ckpt", "last.ckpt"]
+    else:
+        assert named == checkpoints / "3"
+        assert sorted(p.name for p in checkpoints.iterdir()) == ["3"]
+        assert sorted(p.name for p in (version / "torch_weights").iterdir()) == ["3.pt"]
+    diverged_at = int(re.search(r"at step (\d+)", message).group(1))
+    assert BLOW_UP_AT <= diverged_at <= 5  # caught in the epoch it happened
+    assert max(step for step, _ in scalars(version)["val/acc"]) <= diverged_at  # nothing logged after it
+    monkeypatch.undo()
+    run(argv + ["--resume", "last"])  # with the sane schedule: it goes on from step 3 to the end
+    resumed = version.parent / "version_1"
+    assert first_step(resumed) == 3 and [s for s, _ in scalars(resumed)["test/acc"]] == [9]

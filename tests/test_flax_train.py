@@ -15,7 +15,7 @@ from flax_side.loop import train_and_evaluate
 from flax_side.schedules import create_schedule
 from harness.config import parse_config
 from lightning_side.models import create_model as create_torch_model
-from tests.tb import DESIGN_TAGS, scalars
+from tests.tb import first_step, DESIGN_TAGS, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
@@ -178,3 +178,22 @@ def test_unusable_resume_path_is_a_one_line_error(tmp_path, make):
     assert code == 2 and len(errors) == 1 and str(path) in errors[0], stderr[-2000:]
     assert "Traceback" not in stderr
     assert not (tmp_path / "logs").exists()
+
+
+def test_resume_last_passes_over_a_damaged_newest_checkpoint_and_says_so(tmp_path, capsys):
+    """A checkpoint that completed and was damaged on disk later (a file cut short): --resume
+    last restores the one before it, in one line naming both."""
+    argv = QUICK + ["--epochs", "2", "--log-every", "1", "--logdir", str(tmp_path)]
+    train_and_evaluate(parse_config("flax", argv))
+    checkpoints = tmp_path / "flax" / "resnet20-digits" / "version_0" / "checkpoints"
+    assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [3, 6]
+    for data in (checkpoints / "6" / "state").rglob("d/*"):
+        data.write_bytes(data.read_bytes()[:16])
+    capsys.readouterr()
+    state = train_and_evaluate(parse_config("flax", argv + ["--epochs", "3", "--resume", "last"]))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, warnings
+    assert f"passed over 1 damaged checkpoint(s): {checkpoints / '6'}" in warnings[0]
+    assert warnings[0].endswith(f"resuming from {checkpoints / '3'}")
+    assert int(state.step) == 9
+    assert first_step(tmp_path / "flax" / "resnet20-digits" / "version_1") == 3

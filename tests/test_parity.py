@@ -36,6 +36,7 @@ def test_float64_lockstep_variants(tmp_path, variant):
     _check_float64(tmp_path, VARIANTS[variant])
 
 
+@pytest.mark.slow  # the float64 lockstep stays fast; this one adds fp32 rounding
 def test_fp32_first_step_agrees(tmp_path):
     diffs = relative_differences(lockstep(tmp_path, steps=1, precision="32"))
     assert diffs["train/loss (worst step)"] <= 1e-5, diffs

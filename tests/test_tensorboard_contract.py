@@ -61,6 +61,7 @@ def tensorboard(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow  # a run per side and a real TensorBoard; the fast train tests check the tag set
 def test_both_runs_list_the_same_tags_over_the_same_steps(tensorboard):
     base, runs = tensorboard
     assert set(runs) == {"lightning/contract/version_0", "flax/contract/version_0"}

@@ -1,0 +1,138 @@
+"""Re-break each equivalence trap of the README's table, one at a time, in a copy of the project,
+and report whether the fast equivalence tests catch it.
+
+    python -m tests.mutations                  # every trap (about 10 minutes on 2 cores)
+    python -m tests.mutations --only nesterov  # the traps whose name holds 'nesterov'
+
+A trap added to the README's Equivalence table gets a line in MUTATIONS with the change that
+would break it and the tests that must fail. Not part of `pytest`: it runs the suite many times.
+Exit status 0 when every mutation is caught, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MODELS = ("tests/test_models.py", "tests/test_convert.py")
+SCHEDULES = ("tests/test_schedules.py",)
+MUTATIONS = (
+    Mutation("BatchNorm momentum, Lightning side", "lightning_side/models.py",
+             "BN_MOMENTUM = 0.1", "BN_MOMENTUM = 0.9", MODELS),
+    Mutation("BatchNorm momentum, flax side", "flax_side/batchnorm.py",
+             "momentum: float = 0.9", "momentum: float = 0.1", MODELS),
+    Mutation("running variance: flax's biased one", "flax_side/batchnorm.py",
+             "unbiased = var * (n / max(n - 1, 1))", "unbiased = var", MODELS),
+    Mutation("stride-2 padding: 'SAME'", "flax_side/models.py",
+             'padding=PAD_3X3, name="conv1"', 'padding="SAME", name="conv1"', MODELS),
+    Mutation("init: flax's truncated He-normal", "flax_side/models.py",
+             'variance_scaling(2.0, "fan_in", "normal")', 'variance_scaling(2.0, "fan_in", "truncated_normal")',
+             MODELS),
+    Mutation("init: normal classifier weight", "flax_side/models.py",
+             'dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")',
+             'dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "normal")', MODELS),
+    Mutation("weight decay on every parameter, Lightning side", "lightning_side/module.py",
+             'if name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)):', "if True:",
+             ("tests/test_lightning_train.py::test_weight_decay_only_on_conv_and_linear_weights",)),
+    Mutation("weight decay on every parameter, flax side", "flax_side/state.py",
+             'path[-1].key == "kernel"', "True", ("tests/test_flax_steps.py",)),
+    Mutation("Nesterov off, flax side", "flax_side/state.py",
+             "momentum=momentum, nesterov=nesterov),", "momentum=momentum, nesterov=False),",
+             ("tests/test_flax_steps.py",)),
+    Mutation("multistep boundary one step late, Lightning side", "lightning_side/schedules.py",
+             "return 0.1 ** sum(step >= b for b in boundaries)", "return 0.1 ** sum(step > b for b in boundaries)",
+             SCHEDULES),
+    Mutation("one-cycle peak one step late, Lightning side", "lightning_side/schedules.py",
+             "peak_step = int(pct_start * total)", "peak_step = int(pct_start * total) + 1", SCHEDULES),
+    Mutation("ImageNet init: fan_in instead of torchvision's fan_out", "flax_side/torchvision_resnet.py",
+             'variance_scaling(2.0, "fan_out", "normal")', 'variance_scaling(2.0, "fan_in", "normal")', MODELS),
+    Mutation("ImageNet max-pool padding: 'SAME'", "flax_side/torchvision_resnet.py",
+             "strides=(2, 2), padding=((1, 1), (1, 1)))", 'strides=(2, 2), padding="SAME")', MODELS),
+    Mutation("ImageNet v1: a bottleneck's stride on its first 1x1", "flax_side/torchvision_resnet.py",
+             'self.conv(self.features, 1, 1, "conv1")(x)))\n        out = nn.relu(self.norm(train, "bn2")'
+             '(self.conv(self.features, 3, self.stride, "conv2")',
+             'self.conv(self.features, 1, self.stride, "conv1")(x)))\n        out = nn.relu(self.norm(train, '
+             '"bn2")(self.conv(self.features, 3, 1, "conv2")', MODELS),
+    Mutation("ImageNet --zero-init-residual ignored, flax side", "flax_side/torchvision_resnet.py",
+             "nn.initializers.zeros if last and self.zero_init_residual",
+             "nn.initializers.ones if last and self.zero_init_residual", MODELS),
+)
+
+
+def copy_project(destination: Path) -> Path:
+    ignore = shutil.ignore_patterns(".git", ".venv", ".ci-venv", "logs", "data", "*.egg-info", "__pycache__",
+                                    ".pytest_cache")
+    shutil.copytree(ROOT, destination, ignore=ignore)
+    return destination
+
+
+def run_tests(project: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
+    """(passed, the last lines of pytest's output), the copy's modules first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(project)}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=1800)
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    return out.returncode == 0, (lines[-1] if lines else out.stderr.strip()[-200:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutations", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="run only the mutations whose name holds this text")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or args.only.lower() in m.name.lower()]
+    if not chosen:
+        parser.error(f"--only {args.only!r} matches no mutation")
+    rows, missed = [], []
+    with tempfile.TemporaryDirectory(prefix="mutations-") as tmp:
+        project = copy_project(Path(tmp) / "project")
+        baseline_tests = tuple(sorted({t for m in chosen for t in m.tests}))
+        passed, summary = run_tests(project, baseline_tests)
+        if not passed:
+            print(f"error: the unmutated copy already fails ({summary}); fix that first", file=sys.stderr)
+            return 2
+        for mutation in chosen:
+            source = project / mutation.path
+            original = source.read_text()
+            if original.count(mutation.old) != 1:
+                print(f"error: {mutation.name}: the text to change is no longer in {mutation.path} exactly "
+                      f"once; update tests/mutations.py", file=sys.stderr)
+                return 2
+            source.write_text(original.replace(mutation.old, mutation.new))
+            start = time.perf_counter()
+            try:
+                passed, summary = run_tests(project, mutation.tests)
+            finally:
+                source.write_text(original)
+            caught = not passed
+            if not caught:
+                missed.append(mutation.name)
+            rows.append(f"| {mutation.name} | {'caught' if caught else '**missed**'} | {summary} | "
+                        f"{time.perf_counter() - start:.0f} s |")
+            print(rows[-1], flush=True)
+    print("\n| trap re-broken | result | the tests' last line | time |\n| --- | --- | --- | ---: |")
+    print("\n".join(rows))
+    print(f"\n{len(chosen) - len(missed)} of {len(chosen)} caught" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

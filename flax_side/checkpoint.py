@@ -134,9 +134,10 @@ def candidates(resume: str, logdir: str | Path, run_name: str) -> list[tuple[Pat
 
 
 def restore_newest(choices: list[tuple[Path, int]], state: TrainState, rng: jax.Array,
-                   ) -> tuple[TrainState, jax.Array, dict[str, Any], Path, int]:
-    """Restores the first of `choices` that reads back whole; says which ones it passed over."""
-    passed = []
+                   ) -> tuple[TrainState, jax.Array, dict[str, Any], Path, int, set[int]]:
+    """Restores the first of `choices` that reads back whole; says which ones it passed over, and
+    returns their steps in the folder it resumes from (carry_over leaves them behind)."""
+    passed, damaged = [], []
     for directory, step in choices:
         try:
             restored = restore(directory, step, state, rng)
@@ -144,11 +145,12 @@ def restore_newest(choices: list[tuple[Path, int]], state: TrainState, rng: jax.
             if len(choices) == 1:
                 raise
             passed.append(f"{directory / str(step)} ({err})")
+            damaged.append((directory, step))
             continue
         if passed and jax.process_index() == 0:
             print(f"warning: --resume last passed over {len(passed)} damaged checkpoint(s): "
                   f"{'; '.join(passed)}; resuming from {directory / str(step)}", file=sys.stderr, flush=True)
-        return (*restored, directory, step)
+        return (*restored, directory, step, {s for d, s in damaged if d == directory})
     raise CheckpointError(f"--resume last: no checkpoint of the run reads back whole; the newest: {passed[0]}")
 
 
@@ -190,14 +192,15 @@ def _latest_step(directory: Path) -> int | None:
     return max(steps, default=None)
 
 
-def carry_over(source: Path, step: int, destination: Path) -> None:
-    """Copy checkpoint `step` of `source`, and the best one there, into a new run's folder.
+def carry_over(source: Path, step: int, destination: Path, damaged: set[int] = frozenset()) -> None:
+    """Copy checkpoint `step` of `source`, and the best one there unless it is `damaged`, into a
+    new run's folder.
 
     Every process calls it (opening a manager is a collective); process 0 copies."""
     best = create_manager(source, create=False).best_step()
     if jax.process_index() == 0:
         destination.mkdir(parents=True, exist_ok=True)
-        for s in {step, best} - {None}:
+        for s in {step, best} - {None} - set(damaged):
             shutil.copytree(source / str(s), destination / str(s))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("checkpoints carried over")

@@ -45,6 +45,7 @@ from flax_side.models import create_model
 from flax_side.schedules import create_schedule, optimizer_steps_per_epoch
 from flax_side.state import TrainState, create_train_state, initial_variables
 from flax_side.steps import eval_step, train_step
+from harness import disk_faults
 from harness.config import TrainConfig, save_yaml
 from harness.interrupt import CtrlC
 from harness.runs import host_peak_memory_mb, summary_line
@@ -171,7 +172,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
         # Shapes, dtypes and shardings only: every value comes from the checkpoint.
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                               jax.eval_shape(lambda r: make_state(init(r)), init_rng))
-        state, rng, meta, source, source_step = checkpoint.restore_newest(choices, target, rng)
+        state, rng, meta, source, source_step, damaged = checkpoint.restore_newest(choices, target, rng)
         first_epoch = meta["epochs_done"]
     else:
         if config.init_from:
@@ -193,8 +194,9 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
     if lead:
         version_dir.mkdir(parents=True, exist_ok=True)  # the logger makes it lazily
         save_yaml(config, version_dir / "hparams.yaml")  # rerun it with --config
+        run_folder = disk_faults.RunFolder(version_dir)
     if config.resume:
-        checkpoint.carry_over(source, source_step, version_dir / checkpoint.CHECKPOINTS)
+        checkpoint.carry_over(source, source_step, version_dir / checkpoint.CHECKPOINTS, damaged)
     manager = checkpoint.create_manager(version_dir / checkpoint.CHECKPOINTS)
 
     # Steps: static arguments bound, jitted, and compiled now, so no epoch's clock counts compiling.
@@ -252,6 +254,8 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                                     "data/bad_images": len(data.bad_images)}, step=step)
                 if not loss_scaling and not math.isfinite(val["loss"]):
                     raise diverged("val/loss", val["loss"], step, manager)
+                if lead:  # a vanished run folder: stop, rather than save into a new one
+                    run_folder.check()
                 checkpoint.save(manager, state, rng, epochs_done=epoch + 1,
                                 metrics={"val/acc": val["acc"], "val/loss": val["loss"]},
                                 config=config.to_dict())

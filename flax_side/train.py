@@ -11,7 +11,6 @@ logs/flax/<run-name>/version_N for `tensorboard --logdir logs`. The work is done
 flax_side/loop.py; this file parses the flags, prepares the devices and reports errors.
 """
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -38,9 +37,7 @@ def main(argv=None) -> None:
     from flax_side.checkpoint import CheckpointError
     from flax_side.loop import Interrupted, TrainingError, train_and_evaluate
 
-    sys.excepthook = disk_faults.quiet_closed_loop(sys.excepthook)
-    for library in ("absl", "asyncio"):  # Orbax's writer logs each failed write of a full disk
-        logging.getLogger(library).addFilter(disk_faults.QuietDiskFaults(config.logdir))
+    disk_faults.quiet(config.logdir)
     try:
         train_and_evaluate(config)
     except (DataError, CheckpointError, TrainingError) as err:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
+import sys
+import threading
 from pathlib import Path
 
 # sysexits.h's EX_IOERR: "an error occurred while doing I/O on some file". Bad input exits 2,
@@ -54,6 +57,8 @@ def find(err: BaseException, logdir: str | Path) -> str | None:
         code, path = None, None
         if isinstance(link, OSError) and link.errno in _CAUSES:
             code, path = link.errno, link.filename
+            if isinstance(path, bytes):  # TensorBoard's event writer names its file in bytes
+                path = os.fsdecode(path)
         else:
             text = str(link)
             code = next((c for message, c in _MESSAGES.items() if message in text), None)
@@ -66,9 +71,37 @@ def find(err: BaseException, logdir: str | Path) -> str | None:
             if code in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
                 continue  # a data or weights path: not the logdir's disk
         where = path if path is not None else logdir
+        if code == errno.ENOENT:
+            return (f"cannot write {where}: {_CAUSES[code]} during the run, and its checkpoints with "
+                    f"it; nothing more is written. {_advice(code)}")
         return (f"cannot write {where}: {_CAUSES[code]}. {_advice(code)}; the run's complete "
                 f"checkpoints are kept, and --resume last continues from the newest")
     return None
+
+
+class RunFolder:
+    """A run's version folder as it was first seen. Deleted, or deleted and made again by a
+    writer that did not know (Orbax's asynchronous writer, a checkpoint's makedirs), it has
+    vanished: without this check TensorBoard would go on writing into its deleted file, and the
+    next checkpoint would sit alone in a new folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._identity = self._current()
+
+    def _current(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def check(self) -> None:
+        """Raises the disk fault of a vanished folder (one not made yet is taken as first seen)."""
+        if self._identity is None:
+            self._identity = self._current()
+        if self._identity is None or self._current() != self._identity:
+            raise FileNotFoundError(errno.ENOENT, "the run folder vanished", str(self.path))
 
 
 def _advice(code: int) -> str:
@@ -112,3 +145,20 @@ def quiet_closed_loop(excepthook):
         excepthook(kind, value, traceback)
 
     return hook
+
+
+def quiet(logdir: str | Path) -> None:
+    """While a run lasts: its disk fault is told once, by train.py's one line. Libraries that
+    write from threads of their own (TensorBoard's event writer, Orbax's checkpoint writer) would
+    each print it again with a traceback."""
+    for library in ("absl", "asyncio"):  # Orbax logs each failed write of a full disk
+        logging.getLogger(library).addFilter(QuietDiskFaults(logdir))
+    sys.excepthook = quiet_closed_loop(sys.excepthook)
+    previous = threading.excepthook
+
+    def thread_hook(args) -> None:
+        if args.exc_value is not None and find(args.exc_value, logdir):
+            return
+        previous(args)
+
+    threading.excepthook = thread_hook

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from harness import disk_faults
 from harness.interrupt import CtrlC
 from harness.runs import host_peak_memory_mb
 
@@ -93,6 +94,23 @@ class BadImages(L.Callback):
         if trainer.is_global_zero and trainer.logger is not None:
             trainer.logger.log_metrics({"data/bad_images": len(trainer.datamodule.bad_images)},
                                        step=trainer.global_step - 1)
+
+
+class RunFolderGuard(L.Callback):
+    """Stops the run when its version folder vanishes (harness.disk_faults.RunFolder), checked
+    before each epoch's checkpoints are written: Lightning orders checkpoint callbacks after every
+    other one."""
+
+    def __init__(self) -> None:
+        self.folder: disk_faults.RunFolder | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and trainer.logger is not None:
+            self.folder = disk_faults.RunFolder(trainer.logger.log_dir)  # made by log_hyperparams
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.folder is not None and not trainer.sanity_checking:
+            self.folder.check()
 
 
 class TrainingError(Exception):

@@ -27,8 +27,8 @@ from datamodules import DataError, ImageDataModule
 from harness import disk_faults
 from harness.config import TrainConfig, fail, parse_config
 from harness.runs import run_root, summary_line, versions
-from lightning_side.callbacks import (BadImages, EpochThroughput, LatestCheckpoints, SkippedSteps,
-                                      StopBetweenSteps, StopOnNonFiniteLoss, TrainingError)
+from lightning_side.callbacks import (BadImages, EpochThroughput, LatestCheckpoints, RunFolderGuard,
+                                      SkippedSteps, StopBetweenSteps, StopOnNonFiniteLoss, TrainingError)
 from lightning_side.checkpoint_io import AtomicCheckpointIO
 from lightning_side.module import ResNetModule
 from lightning_side.sync_batchnorm import GlobalBatchNormSync
@@ -200,7 +200,7 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
     latest = LatestCheckpoints(monitor="step", mode="max", save_top_k=KEEP_LAST, save_last="link",
                                filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
     throughput = EpochThroughput()
-    trainer = build_trainer(config, logger, [checkpoint, latest, throughput, BadImages(),
+    trainer = build_trainer(config, logger, [checkpoint, latest, throughput, BadImages(), RunFolderGuard(),
                                              StopOnNonFiniteLoss(config.log_every),
                                              SkippedSteps(config.log_every), *callbacks,
                                              StopBetweenSteps(config.log_every)])  # last
@@ -245,6 +245,7 @@ class Interrupted(Exception):
 
 def main(argv=None) -> None:
     config = parse_config(SIDE, argv)
+    disk_faults.quiet(config.logdir)
     try:
         train(config)
     except (DataError, WeightsError, TrainingError) as err:

@@ -7,8 +7,10 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,27 @@ def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere
     assert min(step for step, _ in logged["train/loss"]) == 3  # continued after step 3's checkpoint
     assert [step for step, _ in logged["val/acc"]] == [5, 8]
     assert len(logged["test/acc"]) == 1
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_a_logdir_that_vanishes_mid_run_is_one_line(tmp_path, side):
+    """The run folder deleted after the first epoch: the run stops at the next epoch's end with one
+    line, instead of writing on into a folder it makes again."""
+    logdir = tmp_path / "logs"
+    run = subprocess.Popen([sys.executable, f"{side}_side/train.py", *RUN, "--logdir", str(logdir),
+                            "--epochs", "30"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        version = logdir / side / "r" / "version_0"
+        deadline = time.monotonic() + 300
+        while not any((version / "checkpoints").glob("*")):  # the first epoch is saved
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+            time.sleep(0.1)
+        shutil.rmtree(logdir)
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    out = subprocess.CompletedProcess(run.args, run.returncode, "", stderr)
+    assert_one_line_disk_fault(out, str(version), "vanished", "another --logdir")
+    assert not version.exists() or not any(version.rglob("*.ckpt"))

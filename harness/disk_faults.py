@@ -39,6 +39,10 @@ _MESSAGES = {  # the system's text as TensorStore and others pass it on
 }
 
 
+_BY_TYPE = {FileNotFoundError: errno.ENOENT, NotADirectoryError: errno.ENOTDIR,
+            PermissionError: errno.EACCES, FileExistsError: errno.EEXIST}
+
+
 def _chain(err: BaseException):
     seen = set()
     while err is not None and id(err) not in seen:
@@ -59,6 +63,11 @@ def find(err: BaseException, logdir: str | Path) -> str | None:
             code, path = link.errno, link.filename
             if isinstance(path, bytes):  # TensorBoard's event writer names its file in bytes
                 path = os.fsdecode(path)
+        elif isinstance(link, OSError) and link.errno is None and type(link) in _BY_TYPE:
+            # raised by a library with a message only, e.g. Orbax's NotADirectoryError(f"... {path}")
+            code = _BY_TYPE[type(link)]
+            named = [p for p in re.findall(r"(/[^\s'\"]+)", str(link)) if _under(Path(p), logdir)]
+            path = named[0] if named else None
         else:
             text = str(link)
             code = next((c for message, c in _MESSAGES.items() if message in text), None)
@@ -80,27 +89,27 @@ def find(err: BaseException, logdir: str | Path) -> str | None:
 
 
 class RunFolder:
-    """A run's version folder as it was first seen. Deleted, or deleted and made again by a
-    writer that did not know (Orbax's asynchronous writer, a checkpoint's makedirs), it has
-    vanished: without this check TensorBoard would go on writing into its deleted file, and the
-    next checkpoint would sit alone in a new folder."""
+    """A run's version folder as it was first seen, with the files it held then (hparams.yaml,
+    the TensorBoard event file). Deleted, or deleted and made again by a writer that did not know
+    (Orbax's asynchronous writer, a checkpoint's makedirs), it has vanished: without this check
+    TensorBoard would go on writing into its deleted file, and the next checkpoint would sit alone
+    in a new folder. (A folder's inode number cannot tell: a new folder may get the old number.)"""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._identity = self._current()
+        self._files = self._current()
 
-    def _current(self) -> tuple[int, int] | None:
+    def _current(self) -> set[str]:
         try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return stat.st_dev, stat.st_ino
+            return {p.name for p in self.path.iterdir() if p.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
 
     def check(self) -> None:
-        """Raises the disk fault of a vanished folder (one not made yet is taken as first seen)."""
-        if self._identity is None:
-            self._identity = self._current()
-        if self._identity is None or self._current() != self._identity:
+        """Raises the disk fault of a vanished folder (one still empty is taken as first seen)."""
+        if not self._files:
+            self._files = self._current()
+        if not self._files or not self._files <= self._current():
             raise FileNotFoundError(errno.ENOENT, "the run folder vanished", str(self.path))
 
 

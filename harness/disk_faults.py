@@ -65,15 +65,10 @@ def find(err: BaseException, logdir: str | Path) -> str | None:
                 path = os.fsdecode(path)
         elif isinstance(link, OSError) and link.errno is None and type(link) in _BY_TYPE:
             # raised by a library with a message only, e.g. Orbax's NotADirectoryError(f"... {path}")
-            code = _BY_TYPE[type(link)]
-            named = [p for p in re.findall(r"(/[^\s'\"]+)", str(link)) if _under(Path(p), logdir)]
-            path = named[0] if named else None
+            code, path = _BY_TYPE[type(link)], _path_in(str(link), logdir)
         else:
             text = str(link)
-            code = next((c for message, c in _MESSAGES.items() if message in text), None)
-            # The first path under the logdir that the text names, as TensorStore quotes it.
-            named = [p for p in re.findall(r"(/[^\s'\"]+)", text) if _under(Path(p), logdir)]
-            path = named[0] if named else None
+            code, path = next((c for message, c in _MESSAGES.items() if message in text), None), _path_in(text, logdir)
         if code is None:
             continue
         if path is not None and not _under(Path(str(path)), logdir):
@@ -111,6 +106,12 @@ class RunFolder:
             self._files = self._current()
         if not self._files or not self._files <= self._current():
             raise FileNotFoundError(errno.ENOENT, "the run folder vanished", str(self.path))
+
+
+def _path_in(text: str, logdir: Path) -> str | None:
+    """The first path under the logdir that an error's text names, as TensorStore quotes it."""
+    named = [p for p in re.findall(r"(/[^\s'\"]+)", text) if _under(Path(p), logdir)]
+    return named[0] if named else None
 
 
 def _advice(code: int) -> str:

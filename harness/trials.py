@@ -10,6 +10,7 @@ after its checkpoint).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ class Trial:
     def finished(self) -> bool:
         return bool(self.scalars.get("test/acc"))
 
-    @property
+    @functools.cached_property  # read once the trial's versions are all there (run_trials)
     def scalars(self) -> dict[str, Series]:
         merged: dict[str, dict[int, tuple[int, float, float]]] = {}
         for version in self.versions:

@@ -20,9 +20,9 @@ import numpy as np
 import torchvision
 
 from .errors import DataError, one_line
+from .names import DATASETS
 from .streamed import ArrayImages, FileImages, RandomImages
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
 
 SIZE = 32  # every source is served at CIFAR resolution, so the models never need to know the source
 

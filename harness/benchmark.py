@@ -193,7 +193,6 @@ def matmul_peak() -> dict:
     """GFLOP/s of a float32 2048² matmul in torch and in XLA (their libraries differ: on one
     2-core Zen 5 CPU XLA's ran twice as fast); the faster is the peak."""
     import jax
-    import jax.numpy as jnp
     import torch
 
     n, k = 2048, 10

@@ -12,11 +12,11 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import yaml
 
-from datamodules.sources import DATASETS
+from datamodules.names import DATASETS
 from harness.architectures import MODEL_NAMES, default_image_size
 
 MODELS = MODEL_NAMES
@@ -240,7 +240,7 @@ def parse_config(side: str, argv: Sequence[str] | None = None,
     return config
 
 
-def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr and a non-zero exit: how every user-fixable error ends a run."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)

@@ -25,9 +25,13 @@ SIDES = ("lightning", "flax")
 
 def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
              extra: list[str] = (), seed: int = 0, data: list[str] = ("--dataset", "digits"),
-             batch_size: int = 32) -> dict:
+             batch_size: int = 32, flax_devices: tuple[int, ...] = (1,)) -> dict:
     """Train both sides `steps` optimizer steps (one epoch of `steps` batches) from one init:
-    the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's own)."""
+    the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's own).
+
+    The flax side trains once per entry of `flax_devices` (host devices, data parallel); a run on
+    n > 1 devices is keyed "flax on n devices". The runs are started together: each spends much
+    of its time in imports and XLA's compiler, one core each."""
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     init = workdir / "init.pt"
@@ -35,15 +39,29 @@ def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", mode
     argv = ["--model", model, *data, "--batch-size", str(batch_size), "--epochs", "1",
             "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--log-every", "1",
             "--precision", precision, "--init-from", str(init), "--logdir", str(workdir / "logs"),
-            "--run-name", "parity", "--seed", str(seed), *extra]
+            "--seed", str(seed), *extra]
+    runs = {"lightning": ("lightning", ["--run-name", "parity"])}
+    for n in flax_devices:
+        runs["flax" if n == 1 else f"flax on {n} devices"] = ("flax", ["--run-name", f"parity-{n}", "--devices", str(n)])
+    errors = {name: workdir / f"{own[1]}.stderr" for name, (_, own) in runs.items()}  # files: no pipe fills up
+    started = {}
+    for name, (side, own) in runs.items():
+        with open(errors[name], "w") as stderr:
+            started[name] = subprocess.Popen([sys.executable, f"{side}_side/train.py", *argv, *own], cwd=ROOT,
+                                             stdout=subprocess.DEVNULL, stderr=stderr)
     out = {}
-    for side in SIDES:
-        proc = subprocess.run([sys.executable, f"{side}_side/train.py", *argv], cwd=ROOT,
-                              capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{side} failed:\n{proc.stderr[-4000:]}")
-        version = workdir / "logs" / side / "parity" / "version_0"
-        out[side] = {"scalars": scalars(version), "weights": final_weights(side, version)}
+    try:
+        for name, process in started.items():
+            process.wait(timeout=900)
+            if process.returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{errors[name].read_text()[-4000:]}")
+            side, own = runs[name]
+            version = workdir / "logs" / side / own[1] / "version_0"
+            out[name] = {"scalars": scalars(version), "weights": final_weights(side, version)}
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
     return out
 
 
@@ -63,14 +81,15 @@ def final_weights(side: str, version: Path) -> dict[str, np.ndarray]:
     return {k: v.double().numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def relative_differences(result: dict) -> dict[str, float]:
-    """Largest relative differences between the sides: per-step train loss, val loss, weights."""
-    a, b = (result[side]["scalars"] for side in SIDES)
+def relative_differences(result: dict, runs: tuple[str, str] = SIDES) -> dict[str, float]:
+    """Largest relative differences between two of lockstep's runs (the sides, unless named):
+    per-step train loss, val loss, weights."""
+    a, b = (result[name]["scalars"] for name in runs)
     loss_a = np.array([v for _, v in a["train/loss"]])
     loss_b = np.array([v for _, v in b["train/loss"]])
     if len(loss_a) != len(loss_b):
         raise AssertionError(f"logged {len(loss_a)} vs {len(loss_b)} train steps")
-    wa, wb = (result[side]["weights"] for side in SIDES)
+    wa, wb = (result[name]["weights"] for name in runs)
     if wa.keys() != wb.keys():
         raise AssertionError(f"different weights: {sorted(set(wa) ^ set(wb))[:5]}")
     return {

@@ -47,7 +47,8 @@ ARGPARSE_CASES = {"unknown model", "unknown dataset", "unknown precision", "zero
                   "NaN learning rate", "missing config file", "malformed config file"}
 
 
-# One case of each kind runs in the fast suite; all of them under -m slow.
+# One case of each kind runs in this process in the fast suite; all of them as train.py
+# processes under -m slow.
 FAST_CASES = ("unknown model", "no data, no network", "corrupt --init-from")
 ALL_CASES = ("unknown model", "unknown dataset", "unknown precision", "zero epochs", "zero batch size",
              "NaN learning rate", "missing config file", "malformed config file", "empty image folder",
@@ -96,13 +97,7 @@ def _closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
 
 
-@pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("case", [c if c in FAST_CASES else pytest.param(c, marks=pytest.mark.slow)
-                                  for c in ALL_CASES])
-def test_bad_input_is_one_line_and_exit_2(outcomes, case, side):
-    cases, results = outcomes
-    code, stderr, logdir = results[case, side]
-    needle = cases[case][1]
+def assert_one_line_and_exit_2(case: str, side: str, code: int, stderr: str, needle: str, logdir: Path):
     assert code == 2, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     lines = stderr.splitlines()
@@ -115,6 +110,29 @@ def test_bad_input_is_one_line_and_exit_2(outcomes, case, side):
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr[-2000:]
     # nothing written: no run folder, so no user's logs or checkpoints could have been touched
     assert not any(logdir.rglob("*")), sorted(logdir.rglob("*"))
+
+
+@pytest.mark.slow  # a train.py process per case and side; FAST_CASES run in-process below
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_bad_input_is_one_line_and_exit_2(outcomes, case, side):
+    cases, results = outcomes
+    code, stderr, logdir = results[case, side]
+    assert_one_line_and_exit_2(case, side, code, stderr, cases[case][1], logdir)
+
+
+@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("case", FAST_CASES)
+def test_bad_input_in_process_is_one_line_and_exit_2(tmp_path, case, side, in_process_main, monkeypatch):
+    import importlib
+
+    import torchvision
+
+    argv, needle = _cases(tmp_path)[case]
+    logdir = tmp_path / "logs"
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", _closed_port_url())  # as OFFLINE does
+    done = in_process_main(importlib.import_module(f"{side}_side.train").main, [*argv, "--logdir", str(logdir)])
+    assert_one_line_and_exit_2(case, side, done.returncode, done.stderr, needle, logdir)
 
 
 def test_the_other_sides_run_given_to_resume_points_to_init_from(tmp_path):

@@ -4,6 +4,8 @@ import pytest
 
 from harness.benchmark import main
 
+pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # they time or read the compiled step
+
 
 @pytest.mark.slow  # the whole benchmark: about 2 minutes on 2 cores
 def test_benchmark_prints_every_row(capsys):

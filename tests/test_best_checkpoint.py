@@ -4,18 +4,14 @@ With --lr 0 the weights never move while BatchNorm's running statistics do, so v
 across epochs (the best must be the earliest of them) and every checkpoint still differs from the
 next (so "tested with the best" can be told from "tested with the last")."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from harness.config import parse_config
 from tests.tb import scalars
 
-ROOT = Path(__file__).resolve().parents[1]
 ARGV = ["--dataset", "digits", "--epochs", "6", "--limit-train-batches", "1", "--batch-size", "32",
         "--limit-val-batches", "1", "--lr", "0"]
 
@@ -30,28 +26,9 @@ def earliest_best(version: Path) -> int:
     return tied[0] + 1
 
 
-@pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_checkpoints_stay_bounded_and_the_best_is_the_earliest_of_a_tie(tmp_path, side):
+def test_lightning_keeps_the_last_three_and_the_earliest_best_and_tests_the_best(tmp_path):
     """Six epochs leave the last 3 epoch checkpoints and the best one, no more; a tie for the
-    best keeps the earlier checkpoint."""
-    out = subprocess.run([sys.executable, f"{side}_side/train.py", *ARGV, "--logdir", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    version = tmp_path / side / "resnet20-digits" / "version_0"
-    best = earliest_best(version)
-    assert best < 4  # so the best is not one of the last three anyway
-    if side == "lightning":
-        files = sorted(p.name for p in (version / "checkpoints").iterdir())
-        assert files == [f"best-epoch{best - 1:03d}-step{best}.ckpt", "epoch003-step4.ckpt",
-                         "epoch004-step5.ckpt", "epoch005-step6.ckpt", "last.ckpt"], files
-    else:
-        steps = sorted(int(p.name) for p in (version / "checkpoints").iterdir() if p.name.isdigit())
-        assert steps == [best, 4, 5, 6], steps
-        assert sorted(int(p.stem) for p in (version / "torch_weights").glob("*.pt")) == steps
-
-
-@pytest.mark.slow  # a 6-epoch run per side
-def test_lightning_tests_the_best_checkpoint(tmp_path):
+    best keeps the earlier checkpoint; the test split is evaluated with its weights."""
     import lightning as L
 
     from lightning_side.train import train
@@ -64,6 +41,10 @@ def test_lightning_tests_the_best_checkpoint(tmp_path):
     train(parse_config("lightning", ARGV + ["--logdir", str(tmp_path)]), callbacks=[tested])
     version = tmp_path / "lightning" / "resnet20-digits" / "version_0"
     best = earliest_best(version)
+    assert best < 4  # so the best is not one of the last three anyway
+    files = sorted(p.name for p in (version / "checkpoints").iterdir())
+    assert files == [f"best-epoch{best - 1:03d}-step{best}.ckpt", "epoch003-step4.ckpt",
+                     "epoch004-step5.ckpt", "epoch005-step6.ckpt", "last.ckpt"], files
 
     def weights(name):
         state = torch.load(version / "checkpoints" / name, map_location="cpu", weights_only=True)["state_dict"]
@@ -75,8 +56,7 @@ def test_lightning_tests_the_best_checkpoint(tmp_path):
         assert torch.equal(tested.state[key], value), key
 
 
-@pytest.mark.slow  # a 6-epoch run per side
-def test_flax_tests_the_best_checkpoint(tmp_path, monkeypatch):
+def test_flax_keeps_the_last_three_and_the_earliest_best_and_tests_the_best(tmp_path, monkeypatch):
     import jax
 
     from flax_side import loop
@@ -93,8 +73,14 @@ def test_flax_tests_the_best_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "evaluate", evaluate)
     final = loop.train_and_evaluate(parse_config("flax", ARGV + ["--logdir", str(tmp_path)]))
     version = tmp_path / "flax" / "resnet20-digits" / "version_0"
-    best = _flax_variables(version / "checkpoints" / str(earliest_best(version)))["batch_stats"]
+    best = earliest_best(version)
+    assert best < 4  # so the best is not one of the last three anyway
+    steps = sorted(int(p.name) for p in (version / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [best, 4, 5, 6], steps
+    assert sorted(int(p.stem) for p in (version / "torch_weights").glob("*.pt")) == steps
+
+    from_best = _flax_variables(version / "checkpoints" / str(best))["batch_stats"]
     leaves = lambda tree: jax.tree.leaves(jax.device_get(tree))  # noqa: E731
-    assert any(not np.array_equal(a, b) for a, b in zip(leaves(best), leaves(final.batch_stats)))
-    for a, b in zip(leaves(tested["batch_stats"]), leaves(best)):
+    assert any(not np.array_equal(a, b) for a, b in zip(leaves(from_best), leaves(final.batch_stats)))
+    for a, b in zip(leaves(tested["batch_stats"]), leaves(from_best)):
         np.testing.assert_array_equal(a, b)

@@ -14,6 +14,8 @@ from flax_side.models import create_model
 from flax_side.state import create_train_state, initial_variables
 from flax_side.steps import train_step
 
+pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # they time or read the compiled step
+
 
 def test_only_the_cifar_resnets_on_a_cpu_and_a_users_xla_flags_win(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)

@@ -3,6 +3,7 @@ a small or read-only tmpfs (root only), a file in the folder's place, a folder t
 Both train.py end with one line, exit 74 (harness/disk_faults.py), keep their complete checkpoints,
 and continue with --resume last once the run folder is on a disk with room."""
 
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -45,9 +46,28 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def start(side, logdir, *extra, stdout=subprocess.DEVNULL):
+    return subprocess.Popen([sys.executable, f"{side}_side/train.py", *RUN, "--logdir", str(logdir), *extra],
+                            cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(processes: dict) -> dict:
+    """key -> CompletedProcess, once every process has ended (stderr read as it comes, so that no
+    pipe fills up); a process still running after 10 minutes is killed with its children."""
+    with concurrent.futures.ThreadPoolExecutor(len(processes)) as pool:
+        ended = {key: pool.submit(process.communicate, timeout=600) for key, process in processes.items()}
+        try:
+            outputs = {key: ended[key].result() for key in processes}
+            return {key: subprocess.CompletedProcess(processes[key].args, processes[key].returncode, *outputs[key])
+                    for key in processes}
+        finally:
+            for process in processes.values():
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
 def train(side, logdir, *extra):
-    return subprocess.run([sys.executable, f"{side}_side/train.py", *RUN, "--logdir", str(logdir), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return finish({side: start(side, logdir, *extra)})[side]
 
 
 # Left over (issue 15): when Orbax's writer fails, TensorStore's threads call back into Orbax's
@@ -70,11 +90,33 @@ def assert_one_line_disk_fault(out, *needles):
     return errors[0]
 
 
+@pytest.fixture(scope="module")
+def tmpfs_runs(tmp_path_factory) -> dict:
+    """Both sides at once on a read-only tmpfs and on tmpfs's too small for their second
+    checkpoint; then each full-disk run, copied to a disk with room, resumed with --resume last.
+    (case, side) -> CompletedProcess; ("roomy", side) -> the logdir of the copy."""
+    tmp = tmp_path_factory.mktemp("tmpfs")
+    with contextlib.ExitStack() as mounts:
+        read_only = mounts.enter_context(tmpfs(tmp / "ro", "1m", read_only=True))
+        started = {}
+        for side in SIDES:
+            started["read-only", side] = start(side, read_only / "logs", "--epochs", "1")
+            small = mounts.enter_context(tmpfs(tmp / f"small-{side}", TOO_SMALL[side]))
+            started["full", side] = start(side, small / "logs", "--epochs", "3")
+        done = finish(started)
+        for side in SIDES:  # "move the run folder to a disk with room"
+            shutil.copytree(tmp / f"small-{side}" / "logs", tmp / f"roomy-{side}", symlinks=True)
+            done["roomy", side] = tmp / f"roomy-{side}"
+    done.update(finish({("resumed", side): start(side, done["roomy", side], "--epochs", "3", "--resume", "last")
+                        for side in SIDES}))
+    return done
+
+
 @pytest.mark.parametrize("side", SIDES)
-def test_a_read_only_logdir_is_one_line(tmp_path, side):
-    with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
-        out = train(side, disk / "logs", "--epochs", "1")
-        assert_one_line_disk_fault(out, str(disk / "logs"), "read-only", "another --logdir")
+def test_a_read_only_logdir_is_one_line(tmp_path_factory, tmpfs_runs, side):
+    out = tmpfs_runs["read-only", side]
+    logdir = Path(out.args[out.args.index("--logdir") + 1])
+    assert_one_line_disk_fault(out, str(logdir), "read-only", "another --logdir")
 
 
 @pytest.mark.slow  # a process per side; the read-only and full-disk cases stay fast
@@ -110,12 +152,11 @@ def test_a_logdir_without_write_permission_is_one_line(tmp_path, side):
 
 
 @pytest.mark.parametrize("side", SIDES)
-def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere(tmp_path, side):
-    with tmpfs(tmp_path / "small", TOO_SMALL[side]) as disk:
-        out = train(side, disk / "logs", "--epochs", "3")
-        assert_one_line_disk_fault(out, str(disk / "logs"), "no space left", "--resume last")
-        shutil.copytree(disk / "logs", tmp_path / "roomy")  # "move the run folder to a disk with room"
-    version = tmp_path / "roomy" / side / "r" / "version_0"
+def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere(tmpfs_runs, side):
+    out = tmpfs_runs["full", side]
+    logdir = out.args[out.args.index("--logdir") + 1]
+    assert_one_line_disk_fault(out, logdir, "no space left", "--resume last")
+    version = tmpfs_runs["roomy", side] / side / "r" / "version_0"
     checkpoints = version / "checkpoints"
     if side == "lightning":
         from lightning_side.train import check_resumable
@@ -129,37 +170,51 @@ def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere
         assert complete == ["3"], sorted(checkpoints.iterdir())
         # the torch copy of the checkpoint that never completed is gone; the complete one's stays
         assert sorted(p.name for p in (version / "torch_weights").iterdir()) == ["3.pt"]
-    resumed = train(side, tmp_path / "roomy", "--epochs", "3", "--resume", "last")
+    resumed = tmpfs_runs["resumed", side]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    logged = scalars(tmp_path / "roomy" / side / "r" / "version_1")
+    logged = scalars(version.parent / "version_1")
     assert min(step for step, _ in logged["train/loss"]) == 3  # continued after step 3's checkpoint
     assert [step for step, _ in logged["val/acc"]] == [5, 8]
     assert len(logged["test/acc"]) == 1
 
 
+@pytest.fixture(scope="module")
+def vanished_runs(tmp_path_factory) -> dict:
+    """Both sides at once, each run folder deleted once its first epoch's checkpoint is complete:
+    side -> (CompletedProcess, the version folder)."""
+    tmp = tmp_path_factory.mktemp("vanish")
+    started, versions = {}, {}
+    for side in SIDES:
+        started[side] = start(side, tmp / side, "--epochs", "30")
+        versions[side] = tmp / side / side / "r" / "version_0"
+
+    def saved(side):  # the first epoch's checkpoint is complete (Orbax renames a step folder in when it is)
+        found = (versions[side] / "checkpoints").glob("*.ckpt" if side == "lightning" else "*/state")
+        return any(side == "lightning" or p.parent.name.isdigit() for p in found)
+
+    deadline = time.monotonic() + 300
+    try:
+        waiting = set(SIDES)
+        while waiting:
+            for side in list(waiting):
+                assert started[side].poll() is None and time.monotonic() < deadline, started[side].communicate()[1][-3000:]
+                if saved(side):
+                    while (tmp / side).exists():  # the run may write into it while it is deleted
+                        shutil.rmtree(tmp / side, ignore_errors=True)
+                    waiting.discard(side)
+            time.sleep(0.1)
+    except BaseException:
+        for process in started.values():
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+    done = finish(started)
+    return {side: (done[side], versions[side]) for side in SIDES}
+
+
 @pytest.mark.parametrize("side", SIDES)
-def test_a_logdir_that_vanishes_mid_run_is_one_line(tmp_path, side):
+def test_a_logdir_that_vanishes_mid_run_is_one_line(vanished_runs, side):
     """The run folder deleted after the first epoch: the run stops at the next epoch's end with one
     line, instead of writing on into a folder it makes again."""
-    logdir = tmp_path / "logs"
-    run = subprocess.Popen([sys.executable, f"{side}_side/train.py", *RUN, "--logdir", str(logdir),
-                            "--epochs", "30"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
-    try:
-        version = logdir / side / "r" / "version_0"
-        deadline = time.monotonic() + 300
-        def saved():  # the first epoch's checkpoint is complete (Orbax renames a step folder in when it is)
-            found = (version / "checkpoints").glob("*.ckpt" if side == "lightning" else "*/state")
-            return any(side == "lightning" or p.parent.name.isdigit() for p in found)
-
-        while not saved():
-            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
-            time.sleep(0.1)
-        shutil.rmtree(logdir)
-        _, stderr = run.communicate(timeout=300)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-    out = subprocess.CompletedProcess(run.args, run.returncode, "", stderr)
+    out, version = vanished_runs[side]
     assert_one_line_disk_fault(out, str(version), "vanished", "another --logdir")
     assert not version.exists() or not any(version.rglob("*.ckpt"))

@@ -22,15 +22,10 @@ QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "
          "--limit-val-batches", "2", "--num-workers", "2"]
 
 
-def test_short_run_writes_the_design_tag_set(tmp_path):
-    argv = QUICK + ["--epochs", "2", "--log-every", "1", "--schedule", "cosine",
-                    "--warmup-epochs", "1", "--logdir", str(tmp_path)]
-    out = subprocess.run([sys.executable, "lightning_side/train.py", *argv], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "[lightning] best val/acc" in out.stdout
-    version = tmp_path / "lightning" / "resnet20-digits" / "version_0"
-    logged = scalars(version)
+def test_short_run_writes_the_design_tag_set(reference_runs):
+    run = reference_runs["lightning"]  # 2 epochs x 3 batches, cosine with warm-up, every step logged
+    assert "[lightning] best val/acc" in run.stdout and str(run.version) in run.stdout
+    logged = scalars(run.version)
     assert DESIGN_TAGS <= set(logged) and "train/loss_scale" not in logged
     steps = [s for s, _ in logged["train/loss"]]
     assert steps == list(range(6))  # 2 epochs x 3 batches, every step
@@ -39,8 +34,8 @@ def test_short_run_writes_the_design_tag_set(tmp_path):
         assert lr == pytest.approx(0.1 * factor(step), rel=1e-6, abs=1e-9)
     assert [s for s, _ in logged["val/acc"]] == [2, 5]  # the last step of each epoch
     assert (2, 0.0) in logged["epoch"] and (5, 1.0) in logged["epoch"]  # 0-based, at epoch end
-    assert (version / "checkpoints" / "last.ckpt").is_file()
-    assert (version / "hparams.yaml").read_text().count("dataset: digits") == 1
+    assert (run.version / "checkpoints" / "last.ckpt").is_file()
+    assert (run.version / "hparams.yaml").read_text().count("dataset: digits") == 1
 
 
 def _final_weights(version_dir):
@@ -55,13 +50,13 @@ class StopAfterFirstEpoch(L.Callback):
         trainer.should_stop = True
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
-    base = QUICK + ["--logdir", str(tmp_path), "--log-every", "1", "--epochs", "2"]
-    train(parse_config("lightning", base + ["--run-name", "straight"]))
-    train(parse_config("lightning", base + ["--run-name", "split"]), callbacks=[StopAfterFirstEpoch()])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, reference_runs):
+    straight = reference_runs["lightning"]  # uninterrupted, with these flags
+    base = [*straight.argv, "--logdir", str(tmp_path), "--run-name", "split"]
+    train(parse_config("lightning", base), callbacks=[StopAfterFirstEpoch()])
     assert _final_weights(tmp_path / "lightning" / "split" / "version_0")[1] == 3
-    train(parse_config("lightning", base + ["--run-name", "split", "--resume", "last"]))
-    straight, straight_steps = _final_weights(tmp_path / "lightning" / "straight" / "version_0")
+    train(parse_config("lightning", base + ["--resume", "last"]))
+    straight, straight_steps = _final_weights(straight.version)
     resumed, resumed_steps = _final_weights(tmp_path / "lightning" / "split" / "version_1")
     assert straight_steps == resumed_steps == 6
     # It resumed rather than started over (which would end on the same weights): its first
@@ -128,14 +123,13 @@ def test_init_from_starts_from_exactly_those_weights(tmp_path, kind):
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated"])
-def test_unreadable_init_from_is_a_one_line_error(tmp_path, content, capsys):
+def test_unreadable_init_from_is_a_one_line_error(tmp_path, content, in_process_main):
     from lightning_side.train import main
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
-    with pytest.raises(SystemExit) as exit_info:
-        main(QUICK + ["--init-from", str(bad), "--logdir", str(tmp_path / "logs")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    done = in_process_main(main, QUICK + ["--init-from", str(bad), "--logdir", str(tmp_path / "logs")])
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and err[0].startswith("error:")
     assert bad.read_bytes() == content  # untouched
 
@@ -165,15 +159,12 @@ def test_16_mixed_run_logs_the_loss_scale(tmp_path):
     assert [v for _, v in logged["train/loss_scale"]][0] == 2.0 ** 16
 
 
-def test_init_from_a_flax_run_folder(tmp_path):
+def test_init_from_a_flax_run_folder(tmp_path, reference_runs):
     """The flax side leaves a torch copy of its weights; the Lightning side starts from it."""
+    flax_version = reference_runs["flax"].version
+    exported = torch.load(flax_version / "torch_weights" / "6.pt", weights_only=True)  # the newest
     argv = QUICK + ["--epochs", "1", "--limit-train-batches", "2", "--logdir", str(tmp_path)]
-    out = subprocess.run([sys.executable, "flax_side/train.py", *argv], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    flax_version = tmp_path / "flax" / "resnet20-digits" / "version_0"
-    exported = torch.load(flax_version / "torch_weights" / "2.pt", weights_only=True)
-    for given in (flax_version, flax_version / "checkpoints", flax_version / "checkpoints" / "2"):
+    for given in (flax_version, flax_version / "checkpoints", flax_version / "checkpoints" / "6"):
         capture = CaptureStartWeights()
         train(parse_config("lightning", argv + ["--init-from", str(given)]), callbacks=[capture])
         for key, value in exported.items():
@@ -193,34 +184,31 @@ class CtrlCDuringStep(L.Callback):
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_path, workers):
+def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_path, workers, reference_runs):
     from lightning_side.train import Interrupted
-    base = QUICK + ["--logdir", str(tmp_path), "--log-every", "1", "--epochs", "2",
-                    "--num-workers", workers]
-    train(parse_config("lightning", base + ["--run-name", "straight"]))
+    straight = reference_runs["lightning"]  # uninterrupted (its 2 workers load what 0 would)
+    base = [*straight.argv, "--logdir", str(tmp_path), "--num-workers", workers, "--run-name", "split"]
     handler = signal.getsignal(signal.SIGINT)
     try:
         # The step in flight (the 4th, the first of epoch 1's 3 batches) finishes first.
         with pytest.raises(Interrupted, match="interrupted at step 4.*--resume last"):
-            train(parse_config("lightning", base + ["--run-name", "split"]),
-                  callbacks=[CtrlCDuringStep(3)])
+            train(parse_config("lightning", base), callbacks=[CtrlCDuringStep(3)])
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it stops
     assert _final_weights(tmp_path / "lightning" / "split" / "version_0")[1] == 4
-    train(parse_config("lightning", base + ["--run-name", "split", "--resume", "last"]))
-    straight, _ = _final_weights(tmp_path / "lightning" / "straight" / "version_0")
+    train(parse_config("lightning", base + ["--resume", "last"]))
     resumed, steps = _final_weights(tmp_path / "lightning" / "split" / "version_1")
     assert steps == 6
     assert first_step(tmp_path / "lightning" / "split" / "version_1") == 4  # after the Ctrl-C checkpoint
+    straight, _ = _final_weights(straight.version)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
 
 
-def test_resume_last_passes_over_a_checkpoint_truncated_by_a_kill(tmp_path, capsys):
+def test_resume_last_passes_over_a_checkpoint_truncated_by_a_kill(tmp_path, capsys, reference_runs):
     from lightning_side.train import resume_checkpoint
-    base = QUICK + ["--logdir", str(tmp_path), "--epochs", "2"]
-    train(parse_config("lightning", base))
-    checkpoints = tmp_path / "lightning" / "resnet20-digits" / "version_0" / "checkpoints"
+    checkpoints = reference_runs["lightning"].copy_to(tmp_path) / "checkpoints"
+    base = [*reference_runs["lightning"].argv, "--logdir", str(tmp_path)]
     newest = (checkpoints / "last.ckpt").resolve()
     newest.write_bytes(newest.read_bytes()[:1000])  # what a kill during the save leaves
     picked = Path(resume_checkpoint(parse_config("lightning", base + ["--resume", "last"])))
@@ -234,7 +222,7 @@ def test_resume_last_passes_over_a_checkpoint_truncated_by_a_kill(tmp_path, caps
 
 
 @pytest.mark.parametrize("make", ["truncated", "empty", "state_dict only", "flax folder"])
-def test_unusable_resume_path_is_a_one_line_error(tmp_path, make, capsys):
+def test_unusable_resume_path_is_a_one_line_error(tmp_path, make, in_process_main):
     from lightning_side.train import main
     path = tmp_path / "bad.ckpt"
     if make == "truncated":
@@ -248,10 +236,9 @@ def test_unusable_resume_path_is_a_one_line_error(tmp_path, make, capsys):
         path = tmp_path / "checkpoints"
         path.mkdir()
     before = path.read_bytes() if path.is_file() else None
-    with pytest.raises(SystemExit) as exit_info:
-        main(QUICK + ["--resume", str(path), "--logdir", str(tmp_path / "logs")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    done = in_process_main(main, QUICK + ["--resume", str(path), "--logdir", str(tmp_path / "logs")])
+    assert done.returncode == 2
+    err = done.stderr.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0]
     assert before is None or path.read_bytes() == before
     assert not (tmp_path / "logs").exists()

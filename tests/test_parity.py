@@ -17,8 +17,7 @@ VARIANTS = {
 }
 
 
-def _check_float64(tmp_path, extra):
-    diffs = relative_differences(lockstep(tmp_path, steps=10, precision="64-true", extra=extra))
+def _check_float64(diffs):
     # 1e-6 is what survives TensorBoard's float32 storage of the losses.
     assert diffs["train/loss (worst step)"] <= 1e-6, diffs
     assert diffs["val/loss"] <= 1e-5, diffs  # after 10 steps of BatchNorm running statistics
@@ -26,14 +25,14 @@ def _check_float64(tmp_path, extra):
     assert diffs["batch statistics"] <= 1e-6, diffs
 
 
-def test_float64_lockstep_default_recipe(tmp_path):
-    _check_float64(tmp_path, VARIANTS["default recipe"])
+def test_float64_lockstep_default_recipe(float64_lockstep):
+    _check_float64(relative_differences(float64_lockstep))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "default recipe"])
 def test_float64_lockstep_variants(tmp_path, variant):
-    _check_float64(tmp_path, VARIANTS[variant])
+    _check_float64(relative_differences(lockstep(tmp_path, steps=10, precision="64-true", extra=VARIANTS[variant])))
 
 
 @pytest.mark.slow  # the float64 lockstep stays fast; this one adds fp32 rounding

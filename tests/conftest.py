@@ -1,0 +1,125 @@
+"""Settings for the whole test session, and the runs several tests share."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# XLA's persistent compilation cache, one per session: a flax step compiled once (about 10 s of
+# a resnet20 run on 2 cores) is loaded by every later run of the same step, in this process and
+# in the train.py processes the tests start (they inherit the variable). Set before JAX is first
+# imported, which reads it then; a session of its own keeps the user's cache and the tests apart.
+_CACHE = tempfile.mkdtemp(prefix="jax-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def in_process_main(monkeypatch, capsys):
+    """Calls a train.py's main(argv) in this process, which must end in SystemExit: its code,
+    stdout and stderr as a CompletedProcess. main quiets a disk
+    fault's reports with process-wide hooks (harness/disk_faults.py); they are undone after."""
+    import logging
+    import threading
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "filters", list(logger.filters))
+
+    def call(main, argv) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, exit_info.value.code, out.out, out.err)
+
+    return call
+
+
+@pytest.fixture
+def no_compilation_cache():
+    """For tests that time or inspect compilation itself."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR")
+    try:
+        yield
+    finally:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+        jax.config.update("jax_enable_compilation_cache", True)
+
+
+# The reference run: both train.py, two short epochs with every train step logged, a cosine
+# schedule with warm-up (so the LR moves every step), and two loader workers. Tests that need a
+# finished run read it (tag set, checkpoints, --init-from) or continue a copy of it (--resume);
+# their own runs with these flags find its flax steps compiled already.
+REFERENCE_ARGV = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
+                  "--limit-val-batches", "2", "--log-every", "1", "--epochs", "2", "--schedule", "cosine",
+                  "--warmup-epochs", "1", "--num-workers", "2", "--run-name", "reference"]
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    side: str
+    logdir: Path
+    stdout: str
+
+    @property
+    def argv(self) -> list[str]:
+        """The run's flags, its --logdir included."""
+        return [*REFERENCE_ARGV, "--logdir", str(self.logdir)]
+
+    @property
+    def version(self) -> Path:
+        return self.logdir / self.side / "reference" / "version_0"
+
+    def copy_to(self, logdir: Path) -> Path:
+        """A copy of the run under another logdir, for a test that writes (a resume, damage);
+        returns the copy's version folder."""
+        shutil.copytree(self.logdir / self.side, logdir / self.side, symlinks=True)  # last.ckpt links relatively
+        return logdir / self.side / "reference" / "version_0"
+
+
+@pytest.fixture(scope="session")
+def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
+    """side -> its finished reference run, both started together (each mostly waits on its
+    imports). Read it, or copy_to() a folder of the test's own: never write into it."""
+    logdir = tmp_path_factory.mktemp("reference")
+    started = {side: subprocess.Popen([sys.executable, f"{side}_side/train.py", *REFERENCE_ARGV,
+                                       "--logdir", str(logdir)], cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+               for side in ("lightning", "flax")}
+    runs = {}
+    try:
+        for side, process in started.items():
+            stdout, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, f"the {side} reference run failed: {stderr[-3000:]}"
+            runs[side] = ReferenceRun(side, logdir, stdout)
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def float64_lockstep(tmp_path_factory) -> dict:
+    """tests/parity.py's lockstep of the default recipe in float64, 10 steps from one init: the
+    Lightning side, the flax side, and the flax side on two host devices."""
+    from tests.parity import lockstep
+
+    return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", flax_devices=(1, 2))

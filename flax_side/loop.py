@@ -272,7 +272,7 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
                 if lead:
                     print(f"warning: the best checkpoint cannot be read ({err}); the test split is "
                           f"evaluated with the final weights, of step {int(state.step)}", file=sys.stderr, flush=True)
-        test = evaluate_on(best_state, loaders["test"], limit=None)
+        test = evaluate_on(best_state, loaders["test"], limit=config.limit_test_batches)
         logger.log_metrics({"test/loss": test["loss"], "test/acc": test["acc"], "epoch": config.epochs},
                            step=int(state.step))
         best_val_acc = manager.metrics(best_step)["val/acc"] if best_step is not None else math.nan

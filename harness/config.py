@@ -82,6 +82,7 @@ class TrainConfig:
     log_every: int = _flag("write train/* scalars every N optimizer steps", 50)
     limit_train_batches: int = _flag("at most N training batches per epoch (quick checks)", None)
     limit_val_batches: int = _flag("at most N validation batches per epoch (quick checks)", None)
+    limit_test_batches: int = _flag("at most N batches of the test split (quick checks)", None)
 
     def __post_init__(self) -> None:
         if self.run_name is None:
@@ -97,7 +98,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every", "devices", "num_nodes"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        for name in ("limit_train_batches", "limit_val_batches"):
+        for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"--{name.replace('_', '-')} must be a positive integer, got {value}")

@@ -152,6 +152,7 @@ def build_trainer(config: TrainConfig, logger, callbacks) -> L.Trainer:
         log_every_n_steps=config.log_every,
         limit_train_batches=config.limit_train_batches or 1.0,
         limit_val_batches=config.limit_val_batches or 1.0,
+        limit_test_batches=config.limit_test_batches or 1.0,
         # The DataModule's sampler already fixes the global batch sequence for every rank, and
         # hands each rank its slice.
         use_distributed_sampler=False,

@@ -68,7 +68,7 @@ def no_compilation_cache():
 # finished run read it (tag set, checkpoints, --init-from) or continue a copy of it (--resume);
 # their own runs with these flags find its flax steps compiled already.
 REFERENCE_ARGV = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
-                  "--limit-val-batches", "2", "--log-every", "1", "--epochs", "2", "--schedule", "cosine",
+                  "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1", "--epochs", "2", "--schedule", "cosine",
                   "--warmup-epochs", "1", "--num-workers", "2", "--run-name", "reference"]
 
 
@@ -118,8 +118,10 @@ def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
 
 @pytest.fixture(scope="session")
 def float64_lockstep(tmp_path_factory) -> dict:
-    """tests/parity.py's lockstep of the default recipe in float64, 10 steps from one init: the
-    Lightning side, the flax side, and the flax side on two host devices."""
+    """tests/parity.py's lockstep of the default recipe in float64, 10 steps of 16 images from one
+    init (XLA's float64 convolutions are slow on a CPU): the Lightning side, the flax side, and
+    the flax side on two host devices."""
     from tests.parity import lockstep
 
-    return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", flax_devices=(1, 2))
+    return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=16,
+                    flax_devices=(1, 2))

@@ -37,7 +37,7 @@ def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", mode
     init = workdir / "init.pt"
     torch.save(create_model(model, num_classes=10).state_dict(), init)
     argv = ["--model", model, *data, "--batch-size", str(batch_size), "--epochs", "1",
-            "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--log-every", "1",
+            "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1",
             "--precision", precision, "--init-from", str(init), "--logdir", str(workdir / "logs"),
             "--seed", str(seed), *extra]
     runs = {"lightning": ("lightning", ["--run-name", "parity"])}
@@ -83,7 +83,7 @@ def final_weights(side: str, version: Path) -> dict[str, np.ndarray]:
 
 def relative_differences(result: dict, runs: tuple[str, str] = SIDES) -> dict[str, float]:
     """Largest relative differences between two of lockstep's runs (the sides, unless named):
-    per-step train loss, val loss, weights."""
+    per-step train loss, val and test loss, weights."""
     a, b = (result[name]["scalars"] for name in runs)
     loss_a = np.array([v for _, v in a["train/loss"]])
     loss_b = np.array([v for _, v in b["train/loss"]])
@@ -95,6 +95,8 @@ def relative_differences(result: dict, runs: tuple[str, str] = SIDES) -> dict[st
     return {
         "train/loss (worst step)": float(np.max(np.abs(loss_a - loss_b) / np.abs(loss_a))),
         "val/loss": abs(a["val/loss"][-1][1] - b["val/loss"][-1][1]) / abs(a["val/loss"][-1][1]),
+        # The same --limit-test-batches batches, through the best checkpoint's weights.
+        "test/loss": abs(a["test/loss"][-1][1] - b["test/loss"][-1][1]) / abs(a["test/loss"][-1][1]),
         "weights": max(float(np.abs(wa[k] - wb[k]).max() / max(np.abs(wa[k]).max(), 1e-30))
                        for k in wa if "running" not in k),
         # One number for all parameters: fp32 noise swamps a tiny tensor's own scale after one step

@@ -13,7 +13,7 @@ from harness.config import parse_config
 from tests.tb import scalars
 
 ARGV = ["--dataset", "digits", "--epochs", "6", "--limit-train-batches", "1", "--batch-size", "32",
-        "--limit-val-batches", "1", "--lr", "0"]
+        "--limit-val-batches", "1", "--limit-test-batches", "1", "--lr", "0"]
 
 
 def earliest_best(version: Path) -> int:
@@ -65,10 +65,9 @@ def test_flax_keeps_the_last_three_and_the_earliest_best_and_tests_the_best(tmp_
     tested = {}
     real_evaluate = loop.evaluate
 
-    def evaluate(p_eval_step, state, loader, *, limit, **kwargs):
-        if limit is None:  # the test split (val has --limit-val-batches)
-            tested["batch_stats"] = jax.device_get(state.batch_stats)
-        return real_evaluate(p_eval_step, state, loader, limit=limit, **kwargs)
+    def evaluate(p_eval_step, state, loader, **kwargs):  # the last call is the test split's
+        tested["batch_stats"] = jax.device_get(state.batch_stats)
+        return real_evaluate(p_eval_step, state, loader, **kwargs)
 
     monkeypatch.setattr(loop, "evaluate", evaluate)
     final = loop.train_and_evaluate(parse_config("flax", ARGV + ["--logdir", str(tmp_path)]))

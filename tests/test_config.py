@@ -91,5 +91,5 @@ def test_config_is_a_plain_dataclass_with_every_documented_flag():
     assert {"model", "dataset", "data_dir", "epochs", "batch_size", "lr", "momentum", "nesterov",
             "weight_decay", "schedule", "milestones", "warmup_epochs", "label_smoothing",
             "precision", "seed", "logdir", "run_name", "resume", "init_from", "devices",
-            "num_workers", "log_every", "limit_train_batches", "limit_val_batches", "num_nodes",
+            "num_workers", "log_every", "limit_train_batches", "limit_val_batches", "limit_test_batches", "num_nodes",
             "node_rank", "coordinator_address"} <= names

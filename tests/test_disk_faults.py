@@ -22,7 +22,7 @@ from tests.tb import scalars
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("lightning", "flax")
 RUN = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3", "--limit-val-batches", "2",
-       "--log-every", "1", "--run-name", "r"]
+       "--limit-test-batches", "2", "--log-every", "1", "--run-name", "r"]
 # A tmpfs that holds a run's first complete checkpoint but not its next one: Lightning writes
 # best-*.ckpt and then epoch*.ckpt (2.2 MB each) after epoch 0; flax writes checkpoint 3
 # (2.4 MB with its torch copy) and then checkpoint 6.

@@ -32,7 +32,7 @@ def test_non_finite_loss_stops_the_run(tmp_path, side):
 # Lightning checkpoint holds the LR of the step after it, which would carry the 1e30 over.)
 BLOW_UP_AT = 4
 QUICK = ["--dataset", "digits", "--epochs", "3", "--limit-train-batches", "3", "--batch-size", "32",
-         "--limit-val-batches", "1", "--log-every", "1", "--lr", "0.1"]
+         "--limit-val-batches", "1", "--limit-test-batches", "1", "--log-every", "1", "--lr", "0.1"]
 
 
 @pytest.mark.parametrize("side", ["lightning", "flax"])

@@ -19,7 +19,7 @@ from tests.tb import first_step, DESIGN_TAGS, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
-         "--limit-val-batches", "2", "--log-every", "1"]
+         "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1"]
 
 
 def run_cli(*argv, **kwargs):
@@ -119,7 +119,7 @@ def test_two_devices_train_like_one(float64_lockstep):
 
     diffs = relative_differences(float64_lockstep, ("flax", "flax on 2 devices"))
     assert diffs["train/loss (worst step)"] <= 1e-6, diffs
-    assert diffs["val/loss"] <= 1e-5, diffs
+    assert diffs["val/loss"] <= 1e-5 and diffs["test/loss"] <= 1e-5, diffs
     assert diffs["weights"] <= 1e-6 and diffs["batch statistics"] <= 1e-6, diffs
     one, two = (float64_lockstep[name]["scalars"] for name in ("flax", "flax on 2 devices"))
     assert [s for s, _ in two["train/loss"]] == list(range(10))

@@ -19,7 +19,7 @@ from tests.tb import DESIGN_TAGS, first_step, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
-         "--limit-val-batches", "2", "--num-workers", "2"]
+         "--limit-val-batches", "2", "--limit-test-batches", "2", "--num-workers", "2"]
 
 
 def test_short_run_writes_the_design_tag_set(reference_runs):

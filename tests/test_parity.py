@@ -5,9 +5,15 @@ mistake DESIGN.md lists shows at 1e-5 or more; in fp32 only the first step is co
 Run by hand with `python -m tests.parity` (see tests/parity.py).
 """
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.parity import lockstep, relative_differences
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "default recipe": [],  # multistep (LR /10 at steps 5 and 8 of 10), Nesterov, weight decay
@@ -21,6 +27,7 @@ def _check_float64(diffs):
     # 1e-6 is what survives TensorBoard's float32 storage of the losses.
     assert diffs["train/loss (worst step)"] <= 1e-6, diffs
     assert diffs["val/loss"] <= 1e-5, diffs  # after 10 steps of BatchNorm running statistics
+    assert diffs["test/loss"] <= 1e-5, diffs
     assert diffs["weights"] <= 1e-6, diffs
     assert diffs["batch statistics"] <= 1e-6, diffs
 
@@ -49,20 +56,30 @@ def test_fp32_first_step_agrees(tmp_path):
 
 @pytest.mark.slow
 def test_fp32_whole_runs_are_not_found_different(tmp_path):
-    """The README's recipe (digits, 10 epochs, cosine), 3 seeds per side through harness.sweep:
-    test/acc is not found different (its 95% interval holds 0), and both sides learn."""
+    """The README's recipe (digits, 10 epochs, cosine), 3 seeds per side through the sweep command:
+    test/acc is not found different (its 95% interval holds 0), and both sides learn. Also the
+    sweep end to end: a progress line per run, then the report with its verdicts and plot."""
     from harness.compare import scales
-    from harness.sweep import main as sweep
     from harness.trials import find_trials
     from harness.verdicts import compare
 
-    assert sweep(["--seeds", "3", "--dataset", "digits", "--epochs", "10", "--schedule", "cosine",
-                  "--warmup-epochs", "1", "--logdir", str(tmp_path)]) == 0
+    out = subprocess.run([sys.executable, "-m", "harness.sweep", "--seeds", "3", "--dataset", "digits",
+                          "--epochs", "10", "--schedule", "cosine", "--warmup-epochs", "1", "--logdir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    progress = [line for line in out.stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 6 and all(" done in " in line for line in progress), progress
     acc = {side: [t.summary()["test/acc"] for t in find_trials(tmp_path) if t.side == side]
            for side in ("lightning", "flax")}
     verdict = compare(acc["lightning"], acc["flax"], scales(1.0, 5.0)["test/acc"])
     assert verdict.word != "different" and verdict.low <= 0 <= verdict.high, (verdict, acc)
     assert min(min(a) for a in acc.values()) >= 0.95, acc
+    report = (tmp_path / "compare.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| test/acc |"))
+    difference, said = row.split("|")[4].strip(), row.split("|")[7].strip()
+    assert " pt [" in difference, row  # the difference with its 95% interval
+    assert said.split(":")[0].split(" within")[0] == verdict.word, (row, verdict)
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

@@ -62,21 +62,7 @@ def _first_train_step(version: Path) -> int:
     return min(step for step, _ in scalars(version)["train/loss"])
 
 
-@pytest.mark.slow
-def test_a_real_sweep_end_to_end(tmp_path):
-    """The issue's command: 3 seeds x 2 sides of 3 short epochs, then the report's verdicts."""
-    out = subprocess.run([sys.executable, "-m", "harness.sweep", "--seeds", "3", "--dataset", "digits",
-                          "--epochs", "3", "--limit-train-batches", "5", "--logdir", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    progress = [line for line in out.stdout.splitlines() if line.startswith("[")]
-    assert len(progress) == 6 and all(" done in " in line for line in progress), progress
-    report = (tmp_path / "compare.md").read_text()
-    row = next(line for line in report.splitlines() if line.startswith("| test/acc |"))
-    difference, verdict = row.split("|")[4].strip(), row.split("|")[7].strip()
-    assert " pt [" in difference, row  # the difference with its 95% interval
-    assert verdict.split(":")[0].split(" within")[0] in ("equivalent", "different", "inconclusive"), row
-    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+# The sweep end to end, with its report: test_parity.py::test_fp32_whole_runs_are_not_found_different.
 
 
 @pytest.mark.slow

@@ -39,37 +39,48 @@ def reference(dtype):
     return y.detach(), x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var
 
 
-def rank_main(rank, port, dtype, results):
+DTYPES = (torch.float64, torch.float32)
+
+
+def rank_main(rank, port, results):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        bn = GlobalBatchNorm2d.convert(nn.Sequential(nn.BatchNorm2d(3)).to(dtype))[0]
-        assert type(bn) is GlobalBatchNorm2d
-        with torch.no_grad():
-            bn.weight.copy_(torch.tensor([1.0, 2.0, -0.5]))
-            bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
-        x, upstream = batch(dtype)
-        half = slice(rank * 4, rank * 4 + 4)
-        x = x[half].detach().requires_grad_(True)
-        y = bn(x)
-        (y * upstream[half]).sum().backward()
-        # Parameter gradients are per rank here (DDP sums them); the input gradient is final.
-        grads = [bn.weight.grad.clone(), bn.bias.grad.clone()]
-        for g in grads:
-            dist.all_reduce(g)
-        results[rank] = (y.detach(), x.grad, *grads, bn.running_mean.clone(), bn.running_var.clone(),
-                         int(bn.num_batches_tracked))
+        for dtype in DTYPES:
+            bn = GlobalBatchNorm2d.convert(nn.Sequential(nn.BatchNorm2d(3)).to(dtype))[0]
+            assert type(bn) is GlobalBatchNorm2d
+            with torch.no_grad():
+                bn.weight.copy_(torch.tensor([1.0, 2.0, -0.5]))
+                bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
+            x, upstream = batch(dtype)
+            half = slice(rank * 4, rank * 4 + 4)
+            x = x[half].detach().requires_grad_(True)
+            y = bn(x)
+            (y * upstream[half]).sum().backward()
+            # Parameter gradients are per rank here (DDP sums them); the input gradient is final.
+            grads = [bn.weight.grad.clone(), bn.bias.grad.clone()]
+            for g in grads:
+                dist.all_reduce(g)
+            results[rank, str(dtype)] = (y.detach(), x.grad, *grads, bn.running_mean.clone(),
+                                         bn.running_var.clone(), int(bn.num_batches_tracked))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_two_ranks_normalise_like_one_batchnorm_over_the_global_batch(dtype):
-    results = mp.Manager().dict()
-    mp.spawn(rank_main, args=(free_port(), dtype, results), nprocs=WORLD)
+@pytest.fixture(scope="module")
+def two_ranks() -> dict:
+    """(rank, dtype) -> what that rank's layer computed: two processes, both dtypes in one start."""
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(rank_main, args=(free_port(), results), nprocs=WORLD)
+        return dict(results)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_two_ranks_normalise_like_one_batchnorm_over_the_global_batch(dtype, two_ranks):
     y, dx, dw, db, mean, var = reference(dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     for rank in range(WORLD):
-        ry, rdx, rdw, rdb, rmean, rvar, tracked = results[rank]
+        ry, rdx, rdw, rdb, rmean, rvar, tracked = two_ranks[rank, str(dtype)]
         half = slice(rank * 4, rank * 4 + 4)
         torch.testing.assert_close(ry, y[half], **tol)
         torch.testing.assert_close(rdx, dx[half], **tol)

@@ -77,3 +77,35 @@ def test_both_runs_list_the_same_tags_over_the_same_steps(tensorboard):
     # log every 2 steps (Lightning's rule: steps 1, 3, 5), epochs end at steps 2 and 5, test at 6
     train = get_json(base, "/data/plugin/scalars/scalars", run="flax/contract/version_0", tag="train/loss")
     assert [step for _, step, _ in train] == [1, 3, 5]
+
+
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_an_epoch_timed_at_zero_seconds_logs_nan_images_per_sec(tmp_path, side, monkeypatch, reference_runs):
+    """perf/* come every epoch: an epoch whose clock reads 0 s (a resume that enters an epoch at
+    its end trains no batch) logs NaN images/s instead of dropping the tags, and the report's
+    throughput passes over it."""
+    import math
+
+    from harness.config import parse_config
+    from harness.trials import find_trials
+    from tests.tb import scalars
+
+    argv = [*reference_runs[side].argv, "--logdir", str(tmp_path), "--num-workers", "0"]
+    if side == "lightning":
+        from lightning_side.callbacks import EpochThroughput
+        from lightning_side.train import train
+
+        monkeypatch.setattr(EpochThroughput, "_now", lambda self, trainer: 0.0)
+        train(parse_config(side, argv))
+    else:
+        from flax_side import loop
+
+        real_train_epoch = loop.train_epoch
+        monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: (real_train_epoch(*a, **k)[0], 0.0))
+        loop.train_and_evaluate(parse_config(side, argv))
+    logged = scalars(tmp_path / side / "reference" / "version_0")
+    assert logged["perf/epoch_seconds"] == [(2, 0.0), (5, 0.0)]
+    assert [step for step, _ in logged["perf/train_images_per_sec"]] == [2, 5]
+    assert all(math.isnan(v) for _, v in logged["perf/train_images_per_sec"])
+    (trial,) = find_trials(tmp_path)
+    assert math.isnan(trial.summary()["train images/s"]) and trial.summary()["test/acc"] >= 0

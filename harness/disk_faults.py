@@ -145,14 +145,27 @@ class QuietDiskFaults(logging.Filter):
         return find(Exception(record.getMessage()), self.logdir) is None
 
 
+def _closed_loop(value: BaseException | None) -> bool:
+    return type(value) is RuntimeError and str(value) == "Event loop is closed"
+
+
 def quiet_closed_loop(excepthook):
     """sys.excepthook without TensorStore's reports of a failed Orbax write: once one write fails
     (a full disk), Orbax closes its event loop, and TensorStore's threads, calling back into it for
-    the writes still under way, print 'Event loop is closed' with a traceback for each."""
+    the writes still under way, report 'Event loop is closed' with a traceback for each."""
     def hook(kind, value, traceback):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            return
-        excepthook(kind, value, traceback)
+        if not _closed_loop(value):
+            excepthook(kind, value, traceback)
+
+    return hook
+
+
+def quiet_closed_loop_unraisable(unraisablehook):
+    """The same for sys.unraisablehook, where TensorStore's C++ threads report them
+    (PyErr_WriteUnraisable: a bare traceback, dozens for one full disk)."""
+    def hook(unraisable):
+        if not _closed_loop(unraisable.exc_value):
+            unraisablehook(unraisable)
 
     return hook
 
@@ -164,6 +177,7 @@ def quiet(logdir: str | Path) -> None:
     for library in ("absl", "asyncio"):  # Orbax logs each failed write of a full disk
         logging.getLogger(library).addFilter(QuietDiskFaults(logdir))
     sys.excepthook = quiet_closed_loop(sys.excepthook)
+    sys.unraisablehook = quiet_closed_loop_unraisable(sys.unraisablehook)
     previous = threading.excepthook
 
     def thread_hook(args) -> None:

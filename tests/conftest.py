@@ -6,10 +6,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.reference import REFERENCE_ARGV, ReferenceRun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,7 @@ def in_process_main(monkeypatch, capsys):
     import threading
 
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
     monkeypatch.setattr(threading, "excepthook", threading.excepthook)
     for name in ("absl", "asyncio"):
         logger = logging.getLogger(name)
@@ -61,37 +63,6 @@ def no_compilation_cache():
     finally:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
         jax.config.update("jax_enable_compilation_cache", True)
-
-
-# The reference run: both train.py, two short epochs with every train step logged, a cosine
-# schedule with warm-up (so the LR moves every step), and two loader workers. Tests that need a
-# finished run read it (tag set, checkpoints, --init-from) or continue a copy of it (--resume);
-# their own runs with these flags find its flax steps compiled already.
-REFERENCE_ARGV = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
-                  "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1", "--epochs", "2", "--schedule", "cosine",
-                  "--warmup-epochs", "1", "--num-workers", "2", "--run-name", "reference"]
-
-
-@dataclass(frozen=True)
-class ReferenceRun:
-    side: str
-    logdir: Path
-    stdout: str
-
-    @property
-    def argv(self) -> list[str]:
-        """The run's flags, its --logdir included."""
-        return [*REFERENCE_ARGV, "--logdir", str(self.logdir)]
-
-    @property
-    def version(self) -> Path:
-        return self.logdir / self.side / "reference" / "version_0"
-
-    def copy_to(self, logdir: Path) -> Path:
-        """A copy of the run under another logdir, for a test that writes (a resume, damage);
-        returns the copy's version folder."""
-        shutil.copytree(self.logdir / self.side, logdir / self.side, symlinks=True)  # last.ckpt links relatively
-        return logdir / self.side / "reference" / "version_0"
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ logs/flax/<run-name>/version_N for `tensorboard --logdir logs`. The work is done
 flax_side/loop.py; this file parses the flags, prepares the devices and reports errors.
 """
 
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -51,8 +52,11 @@ def main(argv=None) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
         # Orbax's writer threads still hold the failed save's futures; at interpreter exit
         # TensorStore calls them back into a closed event loop, each with a traceback. The run's
-        # files are closed by now (loop.py's finally), so leave at once.
+        # files are closed by now (loop.py's finally), so leave at once, and take the loader
+        # workers of --num-workers along: os._exit skips their shutdown, and they would live on.
         sys.stdout.flush()
+        for worker in multiprocessing.active_children():
+            worker.kill()
         os._exit(disk_faults.EXIT_CODE)
 
 

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reference import ReferenceRun, start_reference_runs
+from tests.reference import REFERENCE_ARGV, ReferenceRun
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # XLA's persistent compilation cache, one per session: a flax step compiled once (about 10 s of
 # a resnet20 run on 2 cores) is loaded by every later run of the same step, in this process and
@@ -19,14 +22,8 @@ _CACHE = tempfile.mkdtemp(prefix="jax-cache-")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 
 
-_TMP = tempfile.mkdtemp(prefix="lightning-vs-flax-tests-")  # the shared runs' folders
-
-
 def pytest_unconfigure(config):
-    for started in _BACKGROUND.values():
-        started.stop()  # runs no test waited for (a failing session stopped early)
     shutil.rmtree(_CACHE, ignore_errors=True)
-    shutil.rmtree(_TMP, ignore_errors=True)
 
 
 @pytest.fixture
@@ -69,41 +66,33 @@ def no_compilation_cache():
 
 
 @pytest.fixture(scope="session")
-def reference_runs() -> dict[str, ReferenceRun]:
-    """side -> its finished reference run (tests/reference.py). Read it, or copy_to() a folder of
-    the test's own: never write into it."""
-    if "reference" not in _BACKGROUND:
-        _BACKGROUND["reference"] = start_reference_runs(Path(tempfile.mkdtemp(prefix="reference-", dir=_TMP)))
-    return _BACKGROUND["reference"].result()
+def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
+    """side -> its finished reference run, both started together (each mostly waits on its
+    imports). Read it, or copy_to() a folder of the test's own: never write into it."""
+    logdir = tmp_path_factory.mktemp("reference")
+    started = {side: subprocess.Popen([sys.executable, f"{side}_side/train.py", *REFERENCE_ARGV,
+                                       "--logdir", str(logdir)], cwd=ROOT, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+               for side in ("lightning", "flax")}
+    runs = {}
+    try:
+        for side, process in started.items():
+            stdout, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, f"the {side} reference run failed: {stderr[-3000:]}"
+            runs[side] = ReferenceRun(side, logdir, stdout)
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    return runs
 
 
 @pytest.fixture(scope="session")
-def float64_lockstep() -> dict:
+def float64_lockstep(tmp_path_factory) -> dict:
     """tests/parity.py's lockstep of the default recipe in float64, 10 steps of 16 images from one
     init (XLA's float64 convolutions are slow on a CPU): the Lightning side, the flax side, and
     the flax side on two host devices."""
-    if "lockstep" not in _BACKGROUND:
-        _BACKGROUND["lockstep"] = _start_lockstep()
-    return _BACKGROUND["lockstep"].result()
+    from tests.parity import lockstep
 
-
-def _start_lockstep():
-    from tests.parity import start_lockstep
-
-    return start_lockstep(Path(tempfile.mkdtemp(prefix="lockstep-", dir=_TMP)), steps=10, precision="64-true",
-                          batch_size=16, flax_devices=(1, 2))
-
-
-# The shared runs the selected tests need, started as soon as the tests are known: they use the
-# CPU that in-process tests leave idle (imports, file I/O, one busy core) instead of waiting for
-# their first test with the whole machine idle but for them.
-_BACKGROUND: dict = {}
-
-
-@pytest.hookimpl(trylast=True)  # after -m/-k have deselected what will not run
-def pytest_collection_modifyitems(session, config, items):
-    needed = {name for item in items for name in getattr(item, "fixturenames", ())}
-    if "reference_runs" in needed:
-        _BACKGROUND["reference"] = start_reference_runs(Path(tempfile.mkdtemp(prefix="reference-", dir=_TMP)))
-    if "float64_lockstep" in needed:
-        _BACKGROUND["lockstep"] = _start_lockstep()
+    return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=16,
+                    flax_devices=(1, 2))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,66 +23,46 @@ ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("lightning", "flax")
 
 
-def lockstep(workdir: Path, **options) -> dict:
+def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
+             extra: list[str] = (), seed: int = 0, data: list[str] = ("--dataset", "digits"),
+             batch_size: int = 32, flax_devices: tuple[int, ...] = (1,)) -> dict:
     """Train both sides `steps` optimizer steps (one epoch of `steps` batches) from one init:
     the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's own).
-    run name -> {"scalars", "weights"}; see start_lockstep for the options."""
-    return start_lockstep(workdir, **options).result()
-
-
-def start_lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
-                   extra: list[str] = (), seed: int = 0, data: list[str] = ("--dataset", "digits"),
-                   batch_size: int = 32, flax_devices: tuple[int, ...] = (1,)) -> "Lockstep":
-    """Starts lockstep's runs and returns at once; Lockstep.result() waits for them.
 
     The flax side trains once per entry of `flax_devices` (host devices, data parallel); a run on
-    n > 1 devices is keyed "flax on n devices". The runs go together: each spends much of its time
-    in imports and XLA's compiler, one core each."""
+    n > 1 devices is keyed "flax on n devices". The runs are started together: each spends much
+    of its time in imports and XLA's compiler, one core each."""
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     init = workdir / "init.pt"
     torch.save(create_model(model, num_classes=10).state_dict(), init)
     argv = ["--model", model, *data, "--batch-size", str(batch_size), "--epochs", "1",
-            "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--limit-test-batches", "2",
-            "--log-every", "1", "--precision", precision, "--init-from", str(init),
-            "--logdir", str(workdir / "logs"), "--seed", str(seed), *extra]
-    runs = {"lightning": ("lightning", "parity")}
+            "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1",
+            "--precision", precision, "--init-from", str(init), "--logdir", str(workdir / "logs"),
+            "--seed", str(seed), *extra]
+    runs = {"lightning": ("lightning", ["--run-name", "parity"])}
     for n in flax_devices:
-        runs["flax" if n == 1 else f"flax on {n} devices"] = ("flax", f"parity-{n}")
+        runs["flax" if n == 1 else f"flax on {n} devices"] = ("flax", ["--run-name", f"parity-{n}", "--devices", str(n)])
+    errors = {name: workdir / f"{own[1]}.stderr" for name, (_, own) in runs.items()}  # files: no pipe fills up
     started = {}
-    for name, (side, run_name) in runs.items():
-        own = ["--run-name", run_name] + (["--devices", run_name.split("-")[1]] if side == "flax" else [])
-        with open(workdir / f"{run_name}.stderr", "w") as stderr:  # a file: no pipe fills up
+    for name, (side, own) in runs.items():
+        with open(errors[name], "w") as stderr:
             started[name] = subprocess.Popen([sys.executable, f"{side}_side/train.py", *argv, *own], cwd=ROOT,
                                              stdout=subprocess.DEVNULL, stderr=stderr)
-    return Lockstep(workdir, runs, started)
-
-
-@dataclass
-class Lockstep:
-    workdir: Path
-    runs: dict[str, tuple[str, str]]  # name -> (side, run name)
-    started: dict[str, subprocess.Popen]
-
-    def result(self) -> dict:
-        out = {}
-        try:
-            for name, process in self.started.items():
-                process.wait(timeout=900)
-                side, run_name = self.runs[name]
-                if process.returncode != 0:
-                    error = (self.workdir / f"{run_name}.stderr").read_text()
-                    raise RuntimeError(f"{name} failed:\n{error[-4000:]}")
-                version = self.workdir / "logs" / side / run_name / "version_0"
-                out[name] = {"scalars": scalars(version), "weights": final_weights(side, version)}
-        finally:
-            self.stop()
-        return out
-
-    def stop(self) -> None:
-        for process in self.started.values():
+    out = {}
+    try:
+        for name, process in started.items():
+            process.wait(timeout=900)
+            if process.returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{errors[name].read_text()[-4000:]}")
+            side, own = runs[name]
+            version = workdir / "logs" / side / own[1] / "version_0"
+            out[name] = {"scalars": scalars(version), "weights": final_weights(side, version)}
+    finally:
+        for process in started.values():
             if process.poll() is None:
                 process.kill()
+    return out
 
 
 def final_weights(side: str, version: Path) -> dict[str, np.ndarray]:

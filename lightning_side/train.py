@@ -220,10 +220,17 @@ def train(config: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str
                           f"{latest.last_model_path or 'not written'}; continue with --resume last "
                           f"--run-name {config.run_name}") from None
 
-    best = checkpoint.best_model_path if Path(checkpoint.best_model_path or "/").is_file() else None
-    if best is None and trainer.is_global_zero:
-        print(f"warning: the best checkpoint {checkpoint.best_model_path or '(none written)'} is missing; "
-              f"the test split is evaluated with {latest.last_model_path}", file=sys.stderr, flush=True)
+    best, problem = checkpoint.best_model_path or None, None
+    if best is None or not Path(best).is_file():
+        best, problem = None, f"the best checkpoint {best or '(none written)'} is missing"
+    else:  # a resumed run's best may lie in an older version folder, damaged since
+        try:
+            check_resumable(Path(best))
+        except WeightsError as err:
+            best, problem = None, f"the best checkpoint cannot be read ({err})"
+    if problem and trainer.is_global_zero:
+        print(f"warning: {problem}; the test split is evaluated with {latest.last_model_path}",
+              file=sys.stderr, flush=True)
     test = trainer.test(fit_module, datamodule=datamodule, ckpt_path=best or latest.last_model_path,
                         verbose=False, weights_only=True)[0]
     result = {

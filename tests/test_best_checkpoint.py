@@ -83,3 +83,66 @@ def test_flax_keeps_the_last_three_and_the_earliest_best_and_tests_the_best(tmp_
     assert any(not np.array_equal(a, b) for a, b in zip(leaves(from_best), leaves(final.batch_stats)))
     for a, b in zip(leaves(tested["batch_stats"]), leaves(from_best)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_lightning_tests_the_last_weights_with_a_warning_when_the_best_cannot_be_read(tmp_path, capsys,
+                                                                                     reference_runs):
+    """The best checkpoint damaged on disk by the time the test split runs (a file cut short):
+    one warning line names it, and the test split is evaluated with last.ckpt's weights."""
+    import lightning as L
+
+    from lightning_side.train import train
+
+    class DamageTheBestThenRecordTestedWeights(L.Callback):
+        def on_fit_end(self, trainer, pl_module):
+            self.best = Path(trainer.checkpoint_callback.best_model_path)
+            self.best.write_bytes(self.best.read_bytes()[:1000])
+
+        def on_test_start(self, trainer, pl_module):
+            self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+    spy = DamageTheBestThenRecordTestedWeights()
+    capsys.readouterr()
+    train(parse_config("lightning", [*reference_runs["lightning"].argv, "--logdir", str(tmp_path),
+                                     "--num-workers", "0"]), callbacks=[spy])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(spy.best) in warnings[0] and "cannot be read" in warnings[0], warnings
+    last = tmp_path / "lightning" / "reference" / "version_0" / "checkpoints" / "last.ckpt"
+    assert warnings[0].endswith(f"evaluated with {last.resolve()}") or warnings[0].endswith(f"evaluated with {last}")
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in spy.state.items():
+        assert torch.equal(value, state[f"model.{key}"]), key
+
+
+def test_flax_tests_the_final_weights_with_a_warning_when_the_best_cannot_be_read(tmp_path, capsys, monkeypatch,
+                                                                                 reference_runs):
+    """The same on the flax side. val/acc is made to fall after the first epoch, so that the best
+    checkpoint (step 3) is not the final state; its files are cut short just before it is read."""
+    import jax
+
+    from flax_side import checkpoint, loop
+
+    real_evaluate, real_restore = loop.evaluate, checkpoint.restore
+    evaluated = []  # the weights of each call: two validations, then the test split
+
+    def evaluate(p_eval_step, state, loader, **kwargs):
+        evaluated.append(jax.device_get(state.params))
+        result = real_evaluate(p_eval_step, state, loader, **kwargs)
+        return {**result, "acc": 1.0 / len(evaluated)} if len(evaluated) <= 2 else result
+
+    def restore(directory, step, *args):
+        for data in (Path(directory) / str(step) / "state").rglob("d/*"):
+            data.write_bytes(data.read_bytes()[:16])
+        return real_restore(directory, step, *args)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    monkeypatch.setattr(checkpoint, "restore", restore)
+    capsys.readouterr()
+    final = loop.train_and_evaluate(parse_config("flax", [*reference_runs["flax"].argv, "--logdir", str(tmp_path),
+                                                          "--num-workers", "0"]))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "the best checkpoint cannot be read" in warnings[0], warnings
+    assert warnings[0].endswith("the test split is evaluated with the final weights, of step 6")
+    assert len(evaluated) == 3
+    for a, b in zip(jax.tree.leaves(evaluated[-1]), jax.tree.leaves(jax.device_get(final.params))):
+        np.testing.assert_array_equal(a, b)

@@ -2,17 +2,14 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
+from tests.processes import finish, start_train
 from tests.reference import REFERENCE_ARGV, ReferenceRun
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # XLA's persistent compilation cache, one per session: a flax step compiled once (about 10 s of
 # a resnet20 run on 2 cores) is loaded by every later run of the same step, in this process and
@@ -70,21 +67,11 @@ def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
     """side -> its finished reference run, both started together (each mostly waits on its
     imports). Read it, or copy_to() a folder of the test's own: never write into it."""
     logdir = tmp_path_factory.mktemp("reference")
-    started = {side: subprocess.Popen([sys.executable, f"{side}_side/train.py", *REFERENCE_ARGV,
-                                       "--logdir", str(logdir)], cwd=ROOT, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-               for side in ("lightning", "flax")}
-    runs = {}
-    try:
-        for side, process in started.items():
-            stdout, stderr = process.communicate(timeout=600)
-            assert process.returncode == 0, f"the {side} reference run failed: {stderr[-3000:]}"
-            runs[side] = ReferenceRun(side, logdir, stdout)
-    finally:
-        for process in started.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-    return runs
+    done = finish({side: start_train(side, [*REFERENCE_ARGV, "--logdir", str(logdir)], stdout=subprocess.PIPE)
+                   for side in ("lightning", "flax")})
+    for side, run in done.items():
+        assert run.returncode == 0, f"the {side} reference run failed: {run.stderr[-3000:]}"
+    return {side: ReferenceRun(side, logdir, run.stdout) for side, run in done.items()}
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,15 @@ Used by tests/test_parity.py, and by users:
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lightning_side.models import create_model
+from tests.processes import finish, start_train
 from tests.tb import scalars
 
-ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("lightning", "flax")
 
 
@@ -43,25 +41,13 @@ def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", mode
     runs = {"lightning": ("lightning", ["--run-name", "parity"])}
     for n in flax_devices:
         runs["flax" if n == 1 else f"flax on {n} devices"] = ("flax", ["--run-name", f"parity-{n}", "--devices", str(n)])
-    errors = {name: workdir / f"{own[1]}.stderr" for name, (_, own) in runs.items()}  # files: no pipe fills up
-    started = {}
-    for name, (side, own) in runs.items():
-        with open(errors[name], "w") as stderr:
-            started[name] = subprocess.Popen([sys.executable, f"{side}_side/train.py", *argv, *own], cwd=ROOT,
-                                             stdout=subprocess.DEVNULL, stderr=stderr)
+    done = finish({name: start_train(side, [*argv, *own]) for name, (side, own) in runs.items()})
     out = {}
-    try:
-        for name, process in started.items():
-            process.wait(timeout=900)
-            if process.returncode != 0:
-                raise RuntimeError(f"{name} failed:\n{errors[name].read_text()[-4000:]}")
-            side, own = runs[name]
-            version = workdir / "logs" / side / own[1] / "version_0"
-            out[name] = {"scalars": scalars(version), "weights": final_weights(side, version)}
-    finally:
-        for process in started.values():
-            if process.poll() is None:
-                process.kill()
+    for name, (side, own) in runs.items():
+        if done[name].returncode != 0:
+            raise RuntimeError(f"{name} failed:\n{done[name].stderr[-4000:]}")
+        version = workdir / "logs" / side / own[1] / "version_0"
+        out[name] = {"scalars": scalars(version), "weights": final_weights(side, version)}
     return out
 
 

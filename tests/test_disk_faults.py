@@ -3,7 +3,6 @@ a small or read-only tmpfs (root only), a file in the folder's place, a folder t
 Both train.py end with one line, exit 74 (harness/disk_faults.py), keep their complete checkpoints,
 and continue with --resume last once the run folder is on a disk with room."""
 
-import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -17,10 +16,10 @@ import pytest
 
 from harness.config import parse_config
 from harness.disk_faults import EXIT_CODE
+from tests.processes import finish, start_train
 from tests.reference import REFERENCE_ARGV
 from tests.tb import scalars
 
-ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("lightning", "flax")
 RUN = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3", "--limit-val-batches", "2",
        "--limit-test-batches", "2", "--log-every", "1", "--run-name", "r"]
@@ -47,24 +46,8 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def start(side, logdir, *extra, flags=RUN, stdout=subprocess.DEVNULL):
-    return subprocess.Popen([sys.executable, f"{side}_side/train.py", *flags, "--logdir", str(logdir), *extra],
-                            cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def finish(processes: dict) -> dict:
-    """key -> CompletedProcess, once every process has ended (stderr read as it comes, so that no
-    pipe fills up); a process still running after 10 minutes is killed with its children."""
-    with concurrent.futures.ThreadPoolExecutor(len(processes)) as pool:
-        ended = {key: pool.submit(process.communicate, timeout=600) for key, process in processes.items()}
-        try:
-            outputs = {key: ended[key].result() for key in processes}
-            return {key: subprocess.CompletedProcess(processes[key].args, processes[key].returncode, *outputs[key])
-                    for key in processes}
-        finally:
-            for process in processes.values():
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGKILL)
+def start(side, logdir, *extra, flags=RUN):
+    return start_train(side, [*flags, "--logdir", str(logdir), *extra])
 
 
 def train(side, logdir, *extra):

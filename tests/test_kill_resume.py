@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.parity import final_weights
+from tests.processes import finish, start_train
 from tests.tb import first_step, scalars
 
 # A real kill or Ctrl-C of a subprocess and a rerun, per side: the slow suite. Fast: the in-process
@@ -52,14 +53,10 @@ def uninterrupted(tmp_path_factory) -> dict[str, Path]:
     """side -> the version folder of an uninterrupted run (both sides started together), which
     the SIGKILL and the Ctrl-C case each end on."""
     logdir = tmp_path_factory.mktemp("uninterrupted")
-    started = {}
-    for side in ("lightning", "flax"):
-        with open(logdir / f"{side}.stderr", "w") as stderr:  # a file: no pipe fills up
-            started[side] = subprocess.Popen([sys.executable, f"{side}_side/train.py", *ARGV, "--logdir", str(logdir)],
-                                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
-    for side, process in started.items():
-        assert process.wait(timeout=600) == 0, (logdir / f"{side}.stderr").read_text()[-3000:]
-    return {side: logdir / side / "resnet20-digits" / "version_0" for side in started}
+    done = finish({side: start_train(side, [*ARGV, "--logdir", str(logdir)]) for side in ("lightning", "flax")})
+    for side, run in done.items():
+        assert run.returncode == 0, run.stderr[-3000:]
+    return {side: logdir / side / "resnet20-digits" / "version_0" for side in done}
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])

@@ -26,8 +26,8 @@ def pytest_unconfigure(config):
 @pytest.fixture
 def in_process_main(monkeypatch, capsys):
     """Calls a train.py's main(argv) in this process, which must end in SystemExit: its code,
-    stdout and stderr as a CompletedProcess. main quiets a disk
-    fault's reports with process-wide hooks (harness/disk_faults.py); they are undone after."""
+    stdout and stderr as a CompletedProcess. The process-wide hooks with which main quiets a
+    disk fault's reports (harness/disk_faults.py) are undone after."""
     import logging
     import threading
 

@@ -1,7 +1,5 @@
 """Bad flags, config, data and weights: both train.py exit 2 with one line and write nothing."""
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -9,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from tests.processes import finish
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("lightning", "flax")
@@ -62,27 +62,20 @@ def outcomes(tmp_path_factory, request):
     cases = _cases(tmp)
     selected = {item.callspec.params["case"] for item in request.session.items
                 if item.originalname == "test_bad_input_is_one_line_and_exit_2"}
-    procs = {}
+    procs, logdirs = {}, {}
     for name, (argv, _) in cases.items():
         if name not in selected:
             continue
         for side in SIDES:
-            logdir = tmp / "logs" / side / name.replace(" ", "_")
+            logdirs[name, side] = logdir = tmp / "logs" / side / name.replace(" ", "_")
             # The real download code, pointed at a closed port: the test never leaves 127.0.0.1.
             start = ([sys.executable, "-c", OFFLINE.format(url=_closed_port_url(), script=f"{side}_side/train.py")]
                      if name == "no data, no network" else [sys.executable, f"{side}_side/train.py"])
-            procs[name, side] = (logdir, subprocess.Popen(
+            procs[name, side] = subprocess.Popen(
                 [*start, *argv, "--logdir", str(logdir)], cwd=ROOT, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, start_new_session=True))
-    results = {}
-    try:
-        for key, (logdir, proc) in procs.items():
-            _, stderr = proc.communicate(timeout=600)
-            results[key] = (proc.returncode, stderr, logdir)
-    finally:  # a run that hangs is killed with every process it started (loader workers, DDP)
-        for _, proc in procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # A run that hangs is killed with every process it started (loader workers, DDP).
+    results = {key: (run.returncode, run.stderr, logdirs[key]) for key, run in finish(procs).items()}
     return cases, results
 
 

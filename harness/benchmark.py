@@ -319,7 +319,8 @@ def _end_to_end(side: str, args: argparse.Namespace, logdir: Path, devices: int 
     cmd = [sys.executable, f"{side}_side/train.py", "--dataset", "synthetic", "--model", args.model,
            "--image-size", str(args.image_size),
            "--batch-size", str(args.batch_size), "--epochs", "2", "--limit-train-batches", str(steps),
-           "--limit-val-batches", "1", "--devices", str(devices), "--num-workers", str(args.num_workers),
+           "--limit-val-batches", "1", "--limit-test-batches", "1", "--devices", str(devices),
+           "--num-workers", str(args.num_workers),
            "--logdir", str(logdir), "--run-name", run_name, "--precision", "32",
            *(["--compile"] if compile else [])]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)

@@ -76,10 +76,10 @@ def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
 
 @pytest.fixture(scope="session")
 def float64_lockstep(tmp_path_factory) -> dict:
-    """tests/parity.py's lockstep of the default recipe in float64, 10 steps of 16 images from one
-    init (XLA's float64 convolutions are slow on a CPU): the Lightning side, the flax side, and
-    the flax side on two host devices."""
+    """tests/parity.py's lockstep of the default recipe in float64, 10 steps of 8 images from one
+    init (XLA's float64 convolutions are slow on a CPU; 4 a device on two): the Lightning side,
+    the flax side, and the flax side on two host devices."""
     from tests.parity import lockstep
 
-    return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=16,
+    return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=8,
                     flax_devices=(1, 2))

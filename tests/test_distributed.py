@@ -10,6 +10,7 @@ first loss by 2e-3, so the check cannot pass by accident.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGV = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "4",
-        "--limit-val-batches", "2", "--log-every", "1", "--epochs", "2", "--precision", "64-true"]
+        "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1", "--epochs", "2",
+        "--precision", "64-true"]
 WEIGHTS_TOLERANCE = 1e-7  # absolute, float64 weights after 8 steps
 
 
@@ -98,11 +100,19 @@ def test_lightning_ddp_on_two_devices_trains_like_one_process(tmp_path, single):
                                    single["lightning"])
 
 
+@pytest.fixture(scope="module")
+def two_node_runs(tmp_path_factory) -> dict[str, tuple[list[str], Path]]:
+    """side -> (the two processes' stdout, the version folder) of a two-node run, made once: the
+    like-one-process test reads it, the resume test continues a copy of it."""
+    logdir = tmp_path_factory.mktemp("nodes")
+    return {side: (two_nodes(side, logdir, "nodes"), logdir / side / "nodes" / "version_0")
+            for side in ("lightning", "flax")}
+
+
 @pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_two_nodes_train_like_one_process(tmp_path, single, side):
-    outputs = two_nodes(side, tmp_path, "nodes")
+def test_two_nodes_train_like_one_process(single, two_node_runs, side):
+    outputs, version = two_node_runs[side]
     assert sum(out.count(f"[{side}] best val/acc") for out in outputs) == 1
-    version = tmp_path / side / "nodes" / "version_0"
     assert_trains_like_one_process(side, version, single[side])
     if side == "flax":  # Orbax wrote each checkpoint once, for both processes
         assert sorted(p.name for p in (version / "checkpoints").iterdir()) == ["4", "8"]
@@ -110,13 +120,14 @@ def test_two_nodes_train_like_one_process(tmp_path, single, side):
 
 
 @pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_two_nodes_resume_from_the_first_epoch_to_the_same_end(tmp_path, side):
-    two_nodes(side, tmp_path, "nodes")
+def test_two_nodes_resume_from_the_first_epoch_to_the_same_end(tmp_path, two_node_runs, side):
+    straight_run = two_node_runs[side][1]
+    shutil.copytree(straight_run.parent, tmp_path / side / "nodes", symlinks=True)  # last.ckpt links relatively
     first = tmp_path / side / "nodes" / "version_0"
     epoch_one = (first / "checkpoints" / "epoch000-step4.ckpt" if side == "lightning"
                  else first / "checkpoints" / "4")
     two_nodes(side, tmp_path, "nodes", "--resume", str(epoch_one))
-    straight, resumed = final_weights(side, first), final_weights(side, first.parent / "version_1")
+    straight, resumed = final_weights(side, straight_run), final_weights(side, first.parent / "version_1")
     worst = max(float(np.abs(straight[k] - resumed[k]).max()) for k in straight)
     assert worst < 1e-12, f"weights differ by {worst:.2e}"
     # It resumed rather than started over (which would end on the same weights).
@@ -136,10 +147,11 @@ def ctrl_c(processes: list[subprocess.Popen], checkpoint: Path) -> list[int]:
     return [process.wait(timeout=300) for process in processes]
 
 
-@pytest.mark.slow  # about 1.5 minutes a side on 2 cores
 @pytest.mark.parametrize("side", ["lightning", "flax"])
 def test_ctrl_c_stops_every_process_at_one_step_and_resumes(tmp_path, side):
-    argv = ["--limit-train-batches", "40", "--epochs", "3"]  # after ARGV's, so these win
+    # fp32 (after ARGV's flags, so these win): nothing here compares weights, and float64 steps
+    # are slow. 30 steps an epoch leave the Ctrl-C time to land before the last step.
+    argv = ["--limit-train-batches", "30", "--epochs", "2", "--precision", "32"]
     if side == "lightning":
         launches = [launch(side, tmp_path, "stop", "--devices", "2", *argv, new_session=True)]
     else:
@@ -148,14 +160,14 @@ def test_ctrl_c_stops_every_process_at_one_step_and_resumes(tmp_path, side):
                            "--coordinator-address", address, *argv, new_session=True)
                     for rank in (1, 0)]
     version = tmp_path / side / "stop" / "version_0"
-    first = (version / "checkpoints" / "epoch000-step40.ckpt" if side == "lightning"
-             else version / "checkpoints" / "40" / "state")
+    first = (version / "checkpoints" / "epoch000-step30.ckpt" if side == "lightning"
+             else version / "checkpoints" / "30" / "state")
     assert ctrl_c(launches, first) == [130] * len(launches)
     stderr = [p.stderr.read() for p in launches]
     stopped = {re.search(r"interrupted at step (\d+)", err).group(1) for err in stderr}
     assert len(stopped) == 1, stderr  # every process stopped after the same step
     step = int(stopped.pop())
-    assert 40 <= step < 120
+    assert 30 <= step < 60
     if side == "lightning":
         assert any((version / "checkpoints").glob(f"*step{step}.ckpt"))
         wait_all([launch(side, tmp_path, "stop", "--devices", "2", *argv, "--resume", "last")])
@@ -163,11 +175,10 @@ def test_ctrl_c_stops_every_process_at_one_step_and_resumes(tmp_path, side):
         assert (version / "checkpoints" / str(step) / "state").is_dir()
         two_nodes(side, tmp_path, "stop", *argv, "--resume", "last")
     assert "version_1" in {p.name for p in version.parent.iterdir()}
-    assert [s for s, _ in scalars(version.parent / "version_1")["test/acc"]] == [120]
+    assert [s for s, _ in scalars(version.parent / "version_1")["test/acc"]] == [60]
     assert first_step(version.parent / "version_1") == step  # it went on from the Ctrl-C checkpoint
 
 
-@pytest.mark.slow  # two processes per side
 @pytest.mark.parametrize("side", ["lightning", "flax"])
 def test_a_diverged_multi_process_run_stops_on_every_rank_together(tmp_path, side):
     """--lr 1e8: every process stops at the same step with the one-line divergence error, and none

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGV = ["--dataset", "digits", "--epochs", "3", "--limit-train-batches", "8", "--batch-size", "32",
-        "--limit-val-batches", "1", "--log-every", "1"]
+        "--limit-val-batches", "1", "--limit-test-batches", "1", "--log-every", "1"]
 
 
 def first_checkpoint_written(side: str, version: Path) -> bool:

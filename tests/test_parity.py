@@ -39,7 +39,8 @@ def test_float64_lockstep_default_recipe(float64_lockstep):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "default recipe"])
 def test_float64_lockstep_variants(tmp_path, variant):
-    _check_float64(relative_differences(lockstep(tmp_path, steps=10, precision="64-true", extra=VARIANTS[variant])))
+    _check_float64(relative_differences(lockstep(tmp_path, steps=10, precision="64-true", batch_size=16,
+                                                 extra=VARIANTS[variant])))
 
 
 @pytest.mark.slow  # the float64 lockstep stays fast; this one adds fp32 rounding
@@ -56,15 +57,17 @@ def test_fp32_first_step_agrees(tmp_path):
 
 @pytest.mark.slow
 def test_fp32_whole_runs_are_not_found_different(tmp_path):
-    """The README's recipe (digits, 10 epochs, cosine), 3 seeds per side through the sweep command:
-    test/acc is not found different (its 95% interval holds 0), and both sides learn. Also the
-    sweep end to end: a progress line per run, then the report with its verdicts and plot."""
+    """A short recipe (the README's digits sweep, but 3 epochs at batch 32 instead of 10 at 128),
+    3 seeds per side through the sweep command: test/acc is not found different
+    (its 95% interval holds 0), and both sides learn (chance is 0.1; these runs reach 0.95-0.99).
+    Also the sweep end to end: a progress line per run, then the report with its verdicts and plot."""
     from harness.compare import scales
     from harness.trials import find_trials
     from harness.verdicts import compare
 
     out = subprocess.run([sys.executable, "-m", "harness.sweep", "--seeds", "3", "--dataset", "digits",
-                          "--epochs", "10", "--schedule", "cosine", "--warmup-epochs", "1", "--logdir", str(tmp_path)],
+                          "--epochs", "3", "--batch-size", "32", "--schedule", "cosine", "--warmup-epochs", "1",
+                          "--logdir", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     progress = [line for line in out.stdout.splitlines() if line.startswith("[")]
@@ -73,7 +76,7 @@ def test_fp32_whole_runs_are_not_found_different(tmp_path):
            for side in ("lightning", "flax")}
     verdict = compare(acc["lightning"], acc["flax"], scales(1.0, 5.0)["test/acc"])
     assert verdict.word != "different" and verdict.low <= 0 <= verdict.high, (verdict, acc)
-    assert min(min(a) for a in acc.values()) >= 0.95, acc
+    assert min(min(a) for a in acc.values()) >= 0.9, acc
     report = (tmp_path / "compare.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| test/acc |"))
     difference, said = row.split("|")[4].strip(), row.split("|")[7].strip()
@@ -110,7 +113,7 @@ def test_float64_lockstep_with_the_cpu_fusion_remedy(tmp_path):
 
 
 def _check_float64_model(tmp_path, model):
-    diffs = relative_differences(lockstep(tmp_path, steps=10, precision="64-true", model=model))
+    diffs = relative_differences(lockstep(tmp_path, steps=10, precision="64-true", model=model, batch_size=16))
     assert diffs["train/loss (worst step)"] <= 1e-6, diffs
     assert diffs["val/loss"] <= 1e-5, diffs
     assert diffs["weights"] <= 1e-6, diffs

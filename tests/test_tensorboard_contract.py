@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import finish, start_train
 from tests.tb import DESIGN_TAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["--dataset", "digits", "--batch-size", "32", "--epochs", "2", "--limit-train-batches", "3",
-       "--limit-val-batches", "2", "--log-every", "2", "--run-name", "contract"]
+       "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "2", "--run-name", "contract"]
 
 
 def free_port() -> int:
@@ -33,9 +34,8 @@ def get_json(base: str, path: str, **query):
 @pytest.fixture
 def tensorboard(tmp_path):
     logdir = tmp_path / "logs"
-    for side in ("lightning", "flax"):
-        out = subprocess.run([sys.executable, f"{side}_side/train.py", *RUN, "--logdir", str(logdir)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = finish({side: start_train(side, [*RUN, "--logdir", str(logdir)]) for side in ("lightning", "flax")})
+    for out in done.values():
         assert out.returncode == 0, out.stderr[-3000:]
     port = free_port()
     server = subprocess.Popen(

@@ -9,16 +9,16 @@ pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # they time or rea
 
 @pytest.mark.slow  # the whole benchmark: about 2 minutes on 2 cores
 def test_benchmark_prints_every_row(capsys):
-    # Two flax columns (1 and 2 devices); torch.compile is left out of this quick check.
-    assert main(["--steps", "2", "--batch-size", "16", "--devices", "2", "--no-compile"]) == 0
+    # One device (a flax column per device count, built alike); torch.compile is left out of this check.
+    assert main(["--steps", "2", "--batch-size", "16", "--devices", "1", "--no-compile"]) == 0
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     for name in ("raw step (images/s)", "end-to-end train.py (images/s)",
                  "time to first step (s)", "FLOP utilisation of the raw step"):
         assert name in rows and rows[name].rstrip().endswith("× |"), rows.get(name)
-    ratios = [float(cell) for cell in rows["end-to-end / raw"].split("|")[2:5]]
+    ratios = [float(cell) for cell in rows["end-to-end / raw"].split("|")[2:4]]
     assert all(0 < r < 3 for r in ratios), ratios
-    assert "| lightning | flax | flax, 2 devices |" in out
+    assert "| lightning | flax | best flax / best lightning |" in out
     assert "augmented images/s" in out and "GFLOP per image" in out
     convs = [line for line in out.splitlines() if line.startswith(("| 32x32x16", "| 16x16x32", "| 8x8x64"))]
     assert len(convs) == 3 and all(line.count(" / ") == 6 for line in convs)

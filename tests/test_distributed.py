@@ -3,9 +3,9 @@ on 127.0.0.1, against a 1-process run on the same global batches.
 
 In float64 (`--precision 64-true`) the only difference left is the order of the sums over the
 global batch, so the tolerance is tight: train/loss equal as TensorBoard stores it (float32), and
-weights within 1e-7 after 8 steps. Per-rank BatchNorm statistics instead of global ones -- what
-torch's CPU DDP does without lightning_side/sync_batchnorm.py -- move the weights by 0.6 and the
-first loss by 2e-3, so the check cannot pass by accident.
+weights within 1e-7 after 8 steps of 16 images. Per-rank BatchNorm statistics instead of global
+ones -- what torch's CPU DDP does without lightning_side/sync_batchnorm.py -- moved the weights by
+0.6 and the first loss by 2e-3 at 32 images a step, so the check cannot pass by accident.
 """
 
 import os
@@ -28,7 +28,7 @@ from tests.tb import DESIGN_TAGS, first_step, scalars
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGV = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "4",
+ARGV = ["--dataset", "digits", "--batch-size", "16", "--limit-train-batches", "4",
         "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1", "--epochs", "2",
         "--precision", "64-true"]
 WEIGHTS_TOLERANCE = 1e-7  # absolute, float64 weights after 8 steps
@@ -151,7 +151,7 @@ def ctrl_c(processes: list[subprocess.Popen], checkpoint: Path) -> list[int]:
 def test_ctrl_c_stops_every_process_at_one_step_and_resumes(tmp_path, side):
     # fp32 (after ARGV's flags, so these win): nothing here compares weights, and float64 steps
     # are slow. 30 steps an epoch leave the Ctrl-C time to land before the last step.
-    argv = ["--limit-train-batches", "30", "--epochs", "2", "--precision", "32"]
+    argv = ["--limit-train-batches", "30", "--epochs", "2", "--precision", "32", "--batch-size", "32"]
     if side == "lightning":
         launches = [launch(side, tmp_path, "stop", "--devices", "2", *argv, new_session=True)]
     else:

@@ -59,7 +59,7 @@ def test_fp32_first_step_agrees(tmp_path):
 def test_fp32_whole_runs_are_not_found_different(tmp_path):
     """A short recipe (the README's digits sweep, but 2 epochs at batch 32 instead of 10 at 128),
     3 seeds per side through the sweep command: test/acc is not found different
-    (its 95% interval holds 0), and both sides learn (chance is 0.1; these runs reach 0.94-0.96).
+    (its 95% interval holds 0), and both sides learn (chance is 0.1; single runs reached 0.94-0.96).
     Also the sweep end to end: a progress line per run, then the report with its verdicts and plot."""
     from harness.compare import scales
     from harness.trials import find_trials

@@ -7,14 +7,12 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.processes import finish, start_train
 from tests.tb import DESIGN_TAGS
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN = ["--dataset", "digits", "--batch-size", "32", "--epochs", "2", "--limit-train-batches", "3",
        "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "2", "--run-name", "contract"]
 

@@ -40,6 +40,14 @@ def in_process_main(monkeypatch, capsys):
 
     def call(main, argv) -> subprocess.CompletedProcess:
         capsys.readouterr()
+        # Lightning's loggers print through a StreamHandler bound to the sys.stderr of the moment
+        # Lightning was imported: perhaps an earlier test's capture, closed since.
+        import lightning  # noqa: F401
+
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    monkeypatch.setattr(handler, "stream", sys.stderr)
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         out = capsys.readouterr()

@@ -6,7 +6,6 @@ and continue with --resume last once the run folder is on a disk with room."""
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import parse_config
+from harness import disk_faults
 from harness.disk_faults import EXIT_CODE
 from tests.processes import finish, start_train
 from tests.reference import REFERENCE_ARGV
@@ -96,31 +96,34 @@ def full_disk_runs(tmp_path_factory) -> dict:
     return done
 
 
-@pytest.mark.parametrize("side", SIDES)
-def test_a_read_only_logdir_is_one_line(tmp_path, side, in_process_main, monkeypatch):
-    """In this process (it fails before any writer thread starts); the flax side's main leaves
-    with os._exit after a disk fault, turned into SystemExit here."""
+@pytest.fixture
+def main_in_process(in_process_main, monkeypatch):
+    """side, argv -> main's CompletedProcess, in this process. The flax side's main leaves with
+    os._exit after a disk fault (harness/disk_faults.py: Orbax's writer threads), turned into
+    SystemExit here; these faults come before any save, or after the last one completed."""
     import importlib
 
     monkeypatch.setattr(os, "_exit", sys.exit)
+    return lambda side, argv: in_process_main(importlib.import_module(f"{side}_side.train").main, argv)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_a_read_only_logdir_is_one_line(tmp_path, side, main_in_process):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
-        done = in_process_main(importlib.import_module(f"{side}_side.train").main,
-                               [*RUN, "--epochs", "1", "--logdir", str(disk / "logs")])
+        done = main_in_process(side, [*RUN, "--epochs", "1", "--logdir", str(disk / "logs")])
         assert_one_line_disk_fault(done, str(disk / "logs"), "read-only", "another --logdir")
 
 
-@pytest.mark.slow  # a process per side; the read-only and full-disk cases stay fast
 @pytest.mark.parametrize("side", SIDES)
-def test_a_file_where_the_logdir_should_be_is_one_line(tmp_path, side):
+def test_a_file_where_the_logdir_should_be_is_one_line(tmp_path, side, main_in_process):
     (tmp_path / "logs").write_text("a user's file, not a folder")
-    out = train(side, tmp_path / "logs", "--epochs", "1")
-    assert_one_line_disk_fault(out, str(tmp_path / "logs"), "a file stands where a folder should be")
+    done = main_in_process(side, [*RUN, "--epochs", "1", "--logdir", str(tmp_path / "logs")])
+    assert_one_line_disk_fault(done, str(tmp_path / "logs"), "a file stands where a folder should be")
     assert (tmp_path / "logs").read_text() == "a user's file, not a folder"
 
 
-@pytest.mark.slow  # a process per side; the read-only and full-disk cases stay fast
 @pytest.mark.parametrize("side", SIDES)
-def test_a_logdir_without_write_permission_is_one_line(tmp_path, side):
+def test_a_logdir_without_write_permission_is_one_line(tmp_path, side, main_in_process):
     logdir = tmp_path / "locked"
     logdir.mkdir()
     if os.geteuid() == 0:  # root writes through any mode bits, not through the immutable flag
@@ -132,12 +135,12 @@ def test_a_logdir_without_write_permission_is_one_line(tmp_path, side):
     else:
         logdir.chmod(0o555)
     try:
-        out = train(side, logdir, "--epochs", "1")
+        done = main_in_process(side, [*RUN, "--epochs", "1", "--logdir", str(logdir)])
     finally:
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(logdir)], capture_output=True)
         logdir.chmod(0o755)
-    assert_one_line_disk_fault(out, str(logdir), "permission denied")
+    assert_one_line_disk_fault(done, str(logdir), "permission denied")
     assert not any(logdir.iterdir())
 
 
@@ -166,43 +169,28 @@ def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere
     assert logged["test/acc"][0][0] == 6 and len(logged["test/acc"]) == 1
 
 
-@pytest.fixture(scope="module")
-def vanished_runs(tmp_path_factory) -> dict:
-    """Both sides at once, each run folder deleted once its first epoch's checkpoint is complete:
-    side -> (CompletedProcess, the version folder)."""
-    tmp = tmp_path_factory.mktemp("vanish")
-    started, versions = {}, {}
-    for side in SIDES:
-        started[side] = start(side, tmp / side, "--epochs", "30")
-        versions[side] = tmp / side / side / "r" / "version_0"
-
-    def saved(side):  # the first epoch's checkpoint is complete (Orbax renames a step folder in when it is)
-        found = (versions[side] / "checkpoints").glob("*.ckpt" if side == "lightning" else "*/state")
-        return any(side == "lightning" or p.parent.name.isdigit() for p in found)
-
-    deadline = time.monotonic() + 300
-    try:
-        waiting = set(SIDES)
-        while waiting:
-            for side in list(waiting):
-                assert started[side].poll() is None and time.monotonic() < deadline, started[side].communicate()[1][-3000:]
-                if saved(side):
-                    while (tmp / side).exists():  # the run may write into it while it is deleted
-                        shutil.rmtree(tmp / side, ignore_errors=True)
-                    waiting.discard(side)
-            time.sleep(0.1)
-    except BaseException:
-        for process in started.values():
-            os.killpg(process.pid, signal.SIGKILL)
-        raise
-    done = finish(started)
-    return {side: (done[side], versions[side]) for side in SIDES}
-
-
 @pytest.mark.parametrize("side", SIDES)
-def test_a_logdir_that_vanishes_mid_run_is_one_line(vanished_runs, side):
-    """The run folder deleted after the first epoch: the run stops at the next epoch's end with one
-    line, instead of writing on into a folder it makes again."""
-    out, version = vanished_runs[side]
-    assert_one_line_disk_fault(out, str(version), "vanished", "another --logdir")
+def test_a_logdir_that_vanishes_mid_run_is_one_line(tmp_path, side, main_in_process, monkeypatch):
+    """The run folder deleted once the first epoch's checkpoint is complete, before the second
+    epoch's end is checked: the run stops there with one line, instead of writing on into a
+    folder it makes again. (The reference run's flags: its compiled flax steps are cached.)"""
+    version = tmp_path / side / "reference" / "version_0"
+    checked = []
+    real_check = disk_faults.RunFolder.check
+
+    def deleted_before_the_second_check(folder):
+        checked.append(folder.path)
+        if len(checked) == 2:
+            deadline = time.monotonic() + 60  # Orbax renames a step folder in when it is complete
+            while not (any(version.glob("checkpoints/*.ckpt")) if side == "lightning"
+                       else (version / "checkpoints" / "3" / "state").is_dir()):
+                assert time.monotonic() < deadline, sorted(version.rglob("*"))
+                time.sleep(0.05)
+            shutil.rmtree(tmp_path / side)
+        return real_check(folder)
+
+    monkeypatch.setattr(disk_faults.RunFolder, "check", deleted_before_the_second_check)
+    done = main_in_process(side, [*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"])
+    assert checked == [version, version]
+    assert_one_line_disk_fault(done, str(version), "vanished", "another --logdir")
     assert not version.exists() or not any(version.rglob("*.ckpt"))

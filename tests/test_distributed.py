@@ -22,12 +22,14 @@ import numpy as np
 import pytest
 
 from tests.parity import final_weights
+from tests.processes import finish
 from tests.tb import DESIGN_TAGS, first_step, scalars
 
 # Several processes per test: the slow suite. Fast: test_sync_batchnorm.py, test_flax_train.py's two devices.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("lightning", "flax")
 ARGV = ["--dataset", "digits", "--batch-size", "16", "--limit-train-batches", "4",
         "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1", "--epochs", "2",
         "--precision", "64-true"]
@@ -49,12 +51,11 @@ def launch(side: str, logdir: Path, run_name: str, *extra: str,
 
 
 def wait_all(processes: list[subprocess.Popen]) -> list[str]:
-    outputs = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
-        outputs.append(stdout)
-    return outputs
+    """Their stdouts, once all have ended (tests/processes.finish), each with exit code 0."""
+    done = finish(dict(enumerate(processes)))
+    for out in done.values():
+        assert out.returncode == 0, out.stderr[-3000:]
+    return [done[i].stdout for i in range(len(processes))]
 
 
 def two_nodes(side: str, logdir: Path, run_name: str, *extra: str) -> list[str]:
@@ -65,11 +66,17 @@ def two_nodes(side: str, logdir: Path, run_name: str, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    """The 1-process reference run of each side, made once."""
-    logdir = tmp_path_factory.mktemp("single")
-    wait_all([launch(side, logdir, "single") for side in ("lightning", "flax")])
-    return {side: logdir / side / "single" / "version_0" for side in ("lightning", "flax")}
+def straight_runs(tmp_path_factory) -> dict:
+    """Made once, two processes at a time (more than the cores only slow each other down):
+    ("single", side) -> the 1-process run's version folder; ("nodes", side) -> (the two
+    processes' stdout, the version folder) of a two-node run, which the like-one-process test
+    reads and the resume test continues a copy of."""
+    logdir = tmp_path_factory.mktemp("straight")
+    wait_all([launch(side, logdir, "single") for side in SIDES])
+    runs = {("single", side): logdir / side / "single" / "version_0" for side in SIDES}
+    for side in SIDES:
+        runs["nodes", side] = (two_nodes(side, logdir, "nodes"), logdir / side / "nodes" / "version_0")
+    return runs
 
 
 def assert_trains_like_one_process(side: str, version: Path, reference: Path) -> None:
@@ -93,35 +100,26 @@ def assert_trains_like_one_process(side: str, version: Path, reference: Path) ->
     assert worst < WEIGHTS_TOLERANCE, f"weights differ by {worst:.2e}"
 
 
-def test_lightning_ddp_on_two_devices_trains_like_one_process(tmp_path, single):
+def test_lightning_ddp_on_two_devices_trains_like_one_process(tmp_path, straight_runs):
     (stdout,) = wait_all([launch("lightning", tmp_path, "ddp", "--devices", "2")])
     assert stdout.count("[lightning] best val/acc") == 1  # rank 0 reports; its child does not
     assert_trains_like_one_process("lightning", tmp_path / "lightning" / "ddp" / "version_0",
-                                   single["lightning"])
+                                   straight_runs["single", "lightning"])
 
 
-@pytest.fixture(scope="module")
-def two_node_runs(tmp_path_factory) -> dict[str, tuple[list[str], Path]]:
-    """side -> (the two processes' stdout, the version folder) of a two-node run, made once: the
-    like-one-process test reads it, the resume test continues a copy of it."""
-    logdir = tmp_path_factory.mktemp("nodes")
-    return {side: (two_nodes(side, logdir, "nodes"), logdir / side / "nodes" / "version_0")
-            for side in ("lightning", "flax")}
-
-
-@pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_two_nodes_train_like_one_process(single, two_node_runs, side):
-    outputs, version = two_node_runs[side]
+@pytest.mark.parametrize("side", SIDES)
+def test_two_nodes_train_like_one_process(straight_runs, side):
+    outputs, version = straight_runs["nodes", side]
     assert sum(out.count(f"[{side}] best val/acc") for out in outputs) == 1
-    assert_trains_like_one_process(side, version, single[side])
+    assert_trains_like_one_process(side, version, straight_runs["single", side])
     if side == "flax":  # Orbax wrote each checkpoint once, for both processes
         assert sorted(p.name for p in (version / "checkpoints").iterdir()) == ["4", "8"]
         assert sorted(p.name for p in (version / "torch_weights").iterdir()) == ["4.pt", "8.pt"]
 
 
 @pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_two_nodes_resume_from_the_first_epoch_to_the_same_end(tmp_path, two_node_runs, side):
-    straight_run = two_node_runs[side][1]
+def test_two_nodes_resume_from_the_first_epoch_to_the_same_end(tmp_path, straight_runs, side):
+    straight_run = straight_runs["nodes", side][1]
     shutil.copytree(straight_run.parent, tmp_path / side / "nodes", symlinks=True)  # last.ckpt links relatively
     first = tmp_path / side / "nodes" / "version_0"
     epoch_one = (first / "checkpoints" / "epoch000-step4.ckpt" if side == "lightning"

@@ -1,22 +1,26 @@
 """A diverging fp32 run stops with one line on both sides and keeps its last good checkpoint."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.processes import finish, start_train
+
+
+@pytest.fixture(scope="module")
+def diverging_processes(tmp_path_factory) -> dict:
+    """side -> the CompletedProcess of a train.py run with --lr 1e8, both started together."""
+    logdir = tmp_path_factory.mktemp("diverging")
+    argv = ["--dataset", "digits", "--epochs", "3", "--limit-train-batches", "5", "--batch-size", "32",
+            "--limit-val-batches", "1", "--log-every", "1", "--lr", "1e8"]
+    return finish({side: start_train(side, [*argv, "--logdir", str(logdir / side)]) for side in ("lightning", "flax")})
 
 
 @pytest.mark.slow  # subprocesses; the divergence after a checkpoint below stays fast
 @pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_non_finite_loss_stops_the_run(tmp_path, side):
-    argv = ["--dataset", "digits", "--epochs", "3", "--limit-train-batches", "5", "--batch-size", "32",
-            "--limit-val-batches", "1", "--log-every", "1", "--lr", "1e8", "--logdir", str(tmp_path)]
-    out = subprocess.run([sys.executable, f"{side}_side/train.py", *argv], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+def test_non_finite_loss_stops_the_run(diverging_processes, side):
+    out = diverging_processes[side]
     assert out.returncode == 2, out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "training diverged" in errors[0] and "Traceback" not in out.stderr
@@ -27,44 +31,84 @@ def test_non_finite_loss_stops_the_run(tmp_path, side):
         assert "no checkpoint had been written yet" in errors[0]
 
 
-# A run with the reference run's flags (tests/reference.py: 2 epochs of 3 steps) that is fine for
-# its first epoch (checkpoint at step 3) and diverges in the next: the same LR schedule on both
-# sides, 0.1 and then 1e30 from step 4 on. (Not from step 3: a Lightning checkpoint holds the LR of
-# the step after it, which would carry the 1e30 over.) The resume has the real schedule, whose flax
-# steps the reference run has compiled.
-BLOW_UP_AT = 4
+# The reference run's flags (tests/reference.py: 2 epochs of 3 steps, checkpoint at step 3), with
+# the classifier's bias set to NaN as an epoch starts: the first epoch (nothing saved yet) or the
+# second (after step 3's checkpoint). The loss is NaN from that epoch's first step on, on both
+# sides alike, and the flax steps are the reference run's, which the session has compiled (a
+# diverging LR schedule would compile steps of its own; the subprocess test above has --lr 1e8).
+
+
+def poisoned_run(side: str, monkeypatch, epoch: int):
+    """A function argv -> None that trains `side` in this process with the classifier's bias
+    made NaN when `epoch` starts; monkeypatch.undo() gives back the plain run."""
+    from harness.config import parse_config
+
+    if side == "lightning":
+        import lightning as L
+        import torch
+
+        from lightning_side import train as lightning_train
+
+        class PoisonTheClassifier(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                if trainer.current_epoch == epoch:
+                    with torch.no_grad():
+                        pl_module.model.fc.bias.fill_(float("nan"))
+
+        real_train = lightning_train.train
+        monkeypatch.setattr(lightning_train, "train", lambda config: real_train(config, callbacks=[PoisonTheClassifier()]))
+        return lambda argv: lightning_train.train(parse_config("lightning", argv))
+    import jax.numpy as jnp
+
+    from flax_side import loop
+
+    real_train_epoch = loop.train_epoch
+
+    def poisoned_train_epoch(p_train_step, state, *args, **kwargs):
+        if kwargs["epoch"] == epoch:
+            fc = {**state.params["fc"], "bias": state.params["fc"]["bias"] * jnp.nan}
+            state = state.replace(params={**state.params, "fc": fc})
+        return real_train_epoch(p_train_step, state, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", poisoned_train_epoch)
+    return lambda argv: loop.train_and_evaluate(parse_config("flax", argv))
+
+
+def training_error(side: str):
+    if side == "lightning":
+        from lightning_side.callbacks import TrainingError
+    else:
+        from flax_side.loop import TrainingError
+    return TrainingError
+
+
+@pytest.mark.parametrize("side", ["lightning", "flax"])
+def test_divergence_before_any_checkpoint_says_so_and_saves_nothing(tmp_path, side, monkeypatch):
+    from tests.reference import REFERENCE_ARGV
+
+    run = poisoned_run(side, monkeypatch, epoch=0)
+    with pytest.raises(training_error(side)) as err:
+        run([*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("train/loss is nan at step 0: training diverged"), message
+    assert "no checkpoint had been written yet" in message and "--lr" in message
+    checkpoints = tmp_path / side / "reference" / "version_0" / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())
 
 
 @pytest.mark.parametrize("side", ["lightning", "flax"])
 def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resumes(tmp_path, side,
                                                                                      monkeypatch):
-    from harness.config import parse_config
     from tests.reference import REFERENCE_ARGV
     from tests.tb import first_step, scalars
 
     argv = [*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"]
     version = tmp_path / side / "reference" / "version_0"
-    if side == "lightning":
-        from lightning_side import module
-        from lightning_side.callbacks import TrainingError
-        from lightning_side.train import train
-
-        monkeypatch.setattr(module, "lr_factor_fn",
-                            lambda *args, **kwargs: lambda step: 1.0 if step < BLOW_UP_AT else 1e31)
-        run = lambda args: train(parse_config("lightning", args))  # noqa: E731
-    else:
-        import jax.numpy as jnp
-
-        from flax_side import loop
-        from flax_side.loop import TrainingError, train_and_evaluate
-
-        monkeypatch.setattr(loop, "create_schedule", lambda config, steps: lambda count: jnp.where(
-            count < BLOW_UP_AT, 0.1, 1e30))
-        run = lambda args: train_and_evaluate(parse_config("flax", args))  # noqa: E731
-    with pytest.raises(TrainingError) as err:
+    run = poisoned_run(side, monkeypatch, epoch=1)
+    with pytest.raises(training_error(side)) as err:
         run(argv)
     message = str(err.value)
-    assert "\n" not in message and "training diverged" in message, message
+    assert "\n" not in message and message.startswith("train/loss is nan at step 3: training diverged"), message
     named = Path(re.search(r"last good checkpoint is (\S+)", message).group(1))
     # It names the checkpoint of step 3, and nothing was saved after the divergence.
     checkpoints = version / "checkpoints"
@@ -79,10 +123,8 @@ def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resu
         assert named == checkpoints / "3"
         assert sorted(p.name for p in checkpoints.iterdir()) == ["3"]
         assert sorted(p.name for p in (version / "torch_weights").iterdir()) == ["3.pt"]
-    diverged_at = int(re.search(r"at step (\d+)", message).group(1))
-    assert BLOW_UP_AT <= diverged_at <= 5  # caught in the epoch it happened
-    assert max(step for step, _ in scalars(version)["val/acc"]) <= diverged_at  # nothing logged after it
+    assert max(step for step, _ in scalars(version)["val/acc"]) < 3  # nothing logged after it
     monkeypatch.undo()
-    run(argv + ["--resume", "last"])  # with the sane schedule: it goes on from step 3 to the end
+    run(argv + ["--resume", "last"])  # unpoisoned: it goes on from step 3 to the end
     resumed = version.parent / "version_1"
     assert first_step(resumed) == 3 and [s for s, _ in scalars(resumed)["test/acc"]] == [6]

@@ -131,24 +131,24 @@ def test_too_few_devices_is_a_one_line_error():
         loop.create_mesh(64)
 
 
-def test_init_from_a_torch_state_dict_starts_from_the_converted_weights(tmp_path):
+def test_init_from_a_torch_state_dict_starts_from_the_converted_weights(tmp_path, monkeypatch, reference_runs):
     torch.manual_seed(0)
     state_dict = create_torch_model("resnet20").state_dict()
     torch.save(state_dict, tmp_path / "weights.pth")
-    # With --lr 0 the weights do not move, so the run ends on the weights it started from.
-    state = train_and_evaluate(parse_config("flax", QUICK + [
-        "--epochs", "1", "--limit-train-batches", "1", "--lr", "0", "--logdir", str(tmp_path),
-        "--init-from", str(tmp_path / "weights.pth")]))
-    for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(torch_to_flax(state_dict)["params"])):
+    started = []  # the weights the first epoch starts from (the reference run's flags: compiled)
+    real_train_epoch = loop.train_epoch
+
+    def train_epoch(p_train_step, state, *args, **kwargs):
+        started.append(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
+        return real_train_epoch(p_train_step, state, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", train_epoch)
+    train_and_evaluate(parse_config("flax", [*reference_runs["flax"].argv, "--logdir", str(tmp_path),
+                                             "--num-workers", "0", "--init-from", str(tmp_path / "weights.pth")]))
+    converted = torch_to_flax(state_dict)
+    assert jax.tree.structure(started[0]) == jax.tree.structure(converted)
+    for a, b in zip(jax.tree.leaves(started[0]), jax.tree.leaves(converted)):
         assert np.array_equal(a, b)
-
-
-def test_a_diverged_fp32_run_stops_with_one_line_and_saves_nothing_bad(tmp_path):
-    with pytest.raises(loop.TrainingError, match=r"train/loss is nan at step \d: training diverged") as err:
-        train_and_evaluate(parse_config("flax", QUICK + ["--epochs", "1", "--lr", "1e37",
-                                                         "--logdir", str(tmp_path)]))
-    assert "\n" not in str(err.value) and "no checkpoint had been written yet" in str(err.value)
-    assert not any((tmp_path / "flax" / "resnet20-digits" / "version_0" / "checkpoints").iterdir())
 
 
 def test_resume_last_passes_over_a_save_cut_short_by_a_kill(tmp_path, reference_runs):

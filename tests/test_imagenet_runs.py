@@ -1,15 +1,10 @@
 """ImageNet-class runs end to end: torchvision's ResNet-18 on a streamed JPEG folder, both sides."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from harness.photos import make_photo_folder
+from tests.processes import finish, start_train
 from tests.tb import DESIGN_TAGS, scalars
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -20,13 +15,11 @@ def test_both_sides_train_resnet18_on_a_streamed_photo_folder(tmp_path):
     victim = photos / "train" / "cat" / "train_0005.jpg"
     victim.write_bytes(victim.read_bytes()[:300])  # truncated: decodes to an error, not at scan time
     logdir = tmp_path / "logs"
+    argv = ["--model", "resnet18", "--dataset", "imagefolder", "--data-dir", str(photos), "--image-size", "64",
+            "--epochs", "1", "--batch-size", "16", "--num-workers", "2", "--log-every", "2", "--logdir", str(logdir)]
+    done = finish({side: start_train(side, argv) for side in ("lightning", "flax")})  # started together
     lines = {}
-    for side in ("lightning", "flax"):
-        out = subprocess.run(
-            [sys.executable, f"{side}_side/train.py", "--model", "resnet18", "--dataset", "imagefolder",
-             "--data-dir", str(photos), "--image-size", "64", "--epochs", "1", "--batch-size", "16",
-             "--num-workers", "2", "--log-every", "2", "--logdir", str(logdir)],
-            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    for side, out in done.items():
         assert out.returncode == 0, out.stderr[-3000:]
         lines[side] = [line for line in out.stderr.splitlines() if "cannot decode" in line]
         version = logdir / side / "resnet18-imagefolder" / "version_0"

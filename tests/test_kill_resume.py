@@ -1,9 +1,8 @@
 """Kill a run mid-training (SIGKILL) or stop it (Ctrl-C), then --resume last: it ends where an
 uninterrupted run ends, bit for bit."""
 
+import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from tests.tb import first_step, scalars
 # Ctrl-C and resume tests of test_lightning_train.py and test_flax_train.py.
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 ARGV = ["--dataset", "digits", "--epochs", "3", "--limit-train-batches", "8", "--batch-size", "32",
         "--limit-val-batches", "1", "--limit-test-batches", "1", "--log-every", "1"]
 
@@ -48,52 +46,76 @@ def checkpoint_step(side: str, version: Path) -> int:
                if p.name.isdigit() and (p / "state").is_dir())
 
 
+SIDES, HOWS = ("lightning", "flax"), ("SIGKILL", "SIGINT")
+CASES = [(side, how) for side in SIDES for how in HOWS]
+
+
+def start(side: str, logdir: Path, *extra: str):
+    return start_train(side, [*ARGV, "--logdir", str(logdir), *extra])
+
+
+def stopped_runs(logdir: Path, cases: list) -> dict:
+    """case -> the CompletedProcess of a run stopped by the case's signal once its first epoch's
+    checkpoint is written; the runs are started together."""
+    started = {case: start(case[0], logdir / "-".join(case), "--run-name", "killed") for case in cases}
+    try:
+        waiting, deadline = set(cases), time.monotonic() + 300
+        while waiting:
+            for side, how in list(waiting):
+                process = started[side, how]
+                assert process.poll() is None, f"the run ended before it was stopped: {process.communicate()[1][-3000:]}"
+                assert time.monotonic() < deadline
+                if first_checkpoint_written(side, logdir / f"{side}-{how}" / side / "killed" / "version_0"):
+                    time.sleep(0.3)  # into the next epoch, most of the time
+                    process.send_signal(getattr(signal, how))
+                    waiting.discard((side, how))
+            time.sleep(0.05)
+    except BaseException:
+        for process in started.values():
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return finish(started)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict[str, Path]:
-    """side -> the version folder of an uninterrupted run (both sides started together), which
-    the SIGKILL and the Ctrl-C case each end on."""
-    logdir = tmp_path_factory.mktemp("uninterrupted")
-    done = finish({side: start_train(side, [*ARGV, "--logdir", str(logdir)]) for side in ("lightning", "flax")})
-    for side, run in done.items():
-        assert run.returncode == 0, run.stderr[-3000:]
-    return {side: logdir / side / "resnet20-digits" / "version_0" for side in done}
+def runs(tmp_path_factory) -> dict:
+    """Two processes at a time (more than the cores only slow each other down): side -> the
+    version folder of an uninterrupted run; (side, how) -> (the stopped run's CompletedProcess,
+    then its resume's, the run folder)."""
+    logdir = tmp_path_factory.mktemp("runs")
+    straight = finish({side: start(side, logdir) for side in SIDES})
+    for side in SIDES:
+        assert straight[side].returncode == 0, straight[side].stderr[-3000:]
+    out = {side: logdir / side / "resnet20-digits" / "version_0" for side in SIDES}
+    for side in SIDES:
+        cases = [(side, how) for how in HOWS]
+        stopped = stopped_runs(logdir, cases)
+        resumed = finish({case: start(side, logdir / "-".join(case), "--run-name", "killed", "--resume", "last")
+                          for case in cases})
+        for case in cases:
+            out[case] = (stopped[case], resumed[case], logdir / "-".join(case) / side / "killed")
+    return out
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-@pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_stop_then_resume_matches_an_uninterrupted_run(tmp_path, side, how, uninterrupted):
-    script = [sys.executable, f"{side}_side/train.py", *ARGV, "--logdir", str(tmp_path)]
-
-    killed = subprocess.Popen([*script, "--run-name", "killed"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = tmp_path / side / "killed" / "version_0"
-    deadline = time.monotonic() + 300
-    while not first_checkpoint_written(side, first):
-        assert killed.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the next epoch, most of the time
-    killed.send_signal(getattr(signal, how))
-    _, stderr = killed.communicate(timeout=120)
+@pytest.mark.parametrize("side, how", CASES)
+def test_stop_then_resume_matches_an_uninterrupted_run(side, how, runs):
+    stopped, resumed, run = runs[side, how]
     if how == "SIGKILL":
-        assert killed.returncode == -signal.SIGKILL
+        assert stopped.returncode == -signal.SIGKILL
     else:  # a checkpoint at the step reached, and one line that says how to go on
-        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-        assert killed.returncode == 130, stderr[-3000:]
-        assert len(errors) == 1 and "--resume last" in errors[0] and "Traceback" not in stderr
+        errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
+        assert stopped.returncode == 130, stopped.stderr[-3000:]
+        assert len(errors) == 1 and "--resume last" in errors[0] and "Traceback" not in stopped.stderr
 
-    resumed = subprocess.run([*script, "--run-name", "killed", "--resume", "last"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # It resumed rather than started over (which would end on the same weights): the new version
     # logs from the step after the checkpoint it resumed from, to the end.
-    resumed_from = checkpoint_step(side, first)
+    resumed_from = checkpoint_step(side, run / "version_0")
     assert resumed_from >= 8
-    second = tmp_path / side / "killed" / "version_1"
-    assert first_step(second) == resumed_from
-    assert [s for s, _ in scalars(second)["train/loss"]] == list(range(resumed_from, 24))
-    a = final_weights(side, uninterrupted[side])
-    b = final_weights(side, tmp_path / side / "killed" / "version_1")
+    assert first_step(run / "version_1") == resumed_from
+    assert [s for s, _ in scalars(run / "version_1")["train/loss"]] == list(range(resumed_from, 24))
+    a = final_weights(side, runs[side])
+    b = final_weights(side, run / "version_1")
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)

@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -15,9 +13,9 @@ from lightning_side.module import ResNetModule, parameter_groups
 from lightning_side.models import create_model
 from lightning_side.schedules import lr_factor_fn
 from lightning_side.train import lightning_precision, train
+from tests.processes import finish, start_train
 from tests.tb import DESIGN_TAGS, first_step, scalars
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
          "--limit-val-batches", "2", "--limit-test-batches", "2", "--num-workers", "2"]
 
@@ -150,15 +148,6 @@ def test_16_mixed_on_cpu_stays_float16_with_a_loss_scaler():
     assert out.dtype == torch.float16
 
 
-@pytest.mark.slow
-def test_16_mixed_run_logs_the_loss_scale(tmp_path):
-    argv = QUICK + ["--epochs", "1", "--log-every", "1", "--precision", "16-mixed",
-                    "--logdir", str(tmp_path)]
-    train(parse_config("lightning", argv))
-    logged = scalars(tmp_path / "lightning" / "resnet20-digits" / "version_0")
-    assert [v for _, v in logged["train/loss_scale"]][0] == 2.0 ** 16
-
-
 def test_init_from_a_flax_run_folder(tmp_path, reference_runs):
     """The flax side leaves a torch copy of its weights; the Lightning side starts from it."""
     flax_version = reference_runs["flax"].version
@@ -249,9 +238,9 @@ def test_compiled_module_trains_like_the_eager_one(tmp_path):
     """--compile: the same run, in float64 where the compiled kernels' rounding stays at 1e-12,
     with checkpoints that keep the plain module's keys."""
     argv = QUICK + ["--epochs", "1", "--log-every", "1", "--precision", "64-true", "--logdir", str(tmp_path)]
-    for name, extra in (("eager", []), ("compiled", ["--compile"])):
-        out = subprocess.run([sys.executable, "lightning_side/train.py", *argv, "--run-name", name, *extra],
-                             cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = finish({name: start_train("lightning", [*argv, "--run-name", name, *extra])  # started together
+                   for name, extra in (("eager", []), ("compiled", ["--compile"]))})
+    for out in done.values():
         assert out.returncode == 0, out.stderr[-3000:]
     eager, compiled = (torch.load(tmp_path / "lightning" / name / "version_0" / "checkpoints" / "last.ckpt",
                                   weights_only=True)["state_dict"] for name in ("eager", "compiled"))

@@ -17,6 +17,15 @@ STEPS = 3
 FORCED_SCALE = 2.0 ** 40
 
 
+def test_both_sides_start_from_the_same_loss_scale():
+    """torch's GradScaler default, 2**16, on both sides; the run below shows that each side's
+    16-mixed run starts from its constant (patched there) and logs it as train/loss_scale."""
+    from flax_side import state as flax_state
+    from lightning_side import train as lightning_train
+
+    assert lightning_train.INITIAL_LOSS_SCALE == flax_state.INITIAL_LOSS_SCALE == 2.0 ** 16
+
+
 @pytest.mark.slow  # float16 on a CPU is slow: about a minute a side on 2 cores
 def test_forced_overflow_skips_the_same_steps_and_changes_no_weight(tmp_path, monkeypatch):
     from flax_side import state as flax_state

@@ -37,7 +37,7 @@ def test_forced_overflow_skips_the_same_steps_and_changes_no_weight(tmp_path, mo
     torch.manual_seed(0)
     start = create_model("resnet20", num_classes=10).state_dict()
     torch.save(start, tmp_path / "start.pt")  # one start for both sides: the same gradients
-    argv = ["--dataset", "digits", "--epochs", "1", "--limit-train-batches", str(STEPS), "--batch-size", "32",
+    argv = ["--dataset", "digits", "--epochs", "1", "--limit-train-batches", str(STEPS), "--batch-size", "8",
             "--limit-val-batches", "1", "--limit-test-batches", "1", "--log-every", "1", "--precision", "16-mixed",
             "--init-from", str(tmp_path / "start.pt"), "--logdir", str(tmp_path)]
     lightning_train.train(parse_config("lightning", argv))

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import finish, start_train
+from tests.reference import REFERENCE_ARGV
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,6 @@ def training_error(side: str):
 
 @pytest.mark.parametrize("side", ["lightning", "flax"])
 def test_divergence_before_any_checkpoint_says_so_and_saves_nothing(tmp_path, side, monkeypatch):
-    from tests.reference import REFERENCE_ARGV
-
     run = poisoned_run(side, monkeypatch, epoch=0)
     with pytest.raises(training_error(side)) as err:
         run([*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"])
@@ -99,7 +98,6 @@ def test_divergence_before_any_checkpoint_says_so_and_saves_nothing(tmp_path, si
 @pytest.mark.parametrize("side", ["lightning", "flax"])
 def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resumes(tmp_path, side,
                                                                                      monkeypatch):
-    from tests.reference import REFERENCE_ARGV
     from tests.tb import first_step, scalars
 
     argv = [*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"]

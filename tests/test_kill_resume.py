@@ -54,10 +54,15 @@ def start(side: str, logdir: Path, *extra: str):
     return start_train(side, [*ARGV, "--logdir", str(logdir), *extra])
 
 
+def case_logdir(logdir: Path, case: tuple[str, str]) -> Path:
+    """Where a case's stopped run and its resume write (run name "killed")."""
+    return logdir / "-".join(case)
+
+
 def stopped_runs(logdir: Path, cases: list) -> dict:
     """case -> the CompletedProcess of a run stopped by the case's signal once its first epoch's
     checkpoint is written; the runs are started together."""
-    started = {case: start(case[0], logdir / "-".join(case), "--run-name", "killed") for case in cases}
+    started = {case: start(case[0], case_logdir(logdir, case), "--run-name", "killed") for case in cases}
     try:
         waiting, deadline = set(cases), time.monotonic() + 300
         while waiting:
@@ -65,7 +70,7 @@ def stopped_runs(logdir: Path, cases: list) -> dict:
                 process = started[side, how]
                 assert process.poll() is None, f"the run ended before it was stopped: {process.communicate()[1][-3000:]}"
                 assert time.monotonic() < deadline
-                if first_checkpoint_written(side, logdir / f"{side}-{how}" / side / "killed" / "version_0"):
+                if first_checkpoint_written(side, case_logdir(logdir, (side, how)) / side / "killed" / "version_0"):
                     time.sleep(0.3)  # into the next epoch, most of the time
                     process.send_signal(getattr(signal, how))
                     waiting.discard((side, how))
@@ -90,10 +95,10 @@ def runs(tmp_path_factory) -> dict:
     for side in SIDES:
         cases = [(side, how) for how in HOWS]
         stopped = stopped_runs(logdir, cases)
-        resumed = finish({case: start(side, logdir / "-".join(case), "--run-name", "killed", "--resume", "last")
+        resumed = finish({case: start(side, case_logdir(logdir, case), "--run-name", "killed", "--resume", "last")
                           for case in cases})
         for case in cases:
-            out[case] = (stopped[case], resumed[case], logdir / "-".join(case) / side / "killed")
+            out[case] = (stopped[case], resumed[case], case_logdir(logdir, case) / side / "killed")
     return out
 
 

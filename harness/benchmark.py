@@ -299,11 +299,15 @@ WORKERS = {"raw-lightning": raw_lightning, "raw-flax": raw_flax,
 
 # --------------------------------------------------------------------------- the driver
 
+def worker_argv(name: str, args: argparse.Namespace, devices: int = 1, compile: bool = False) -> list[str]:
+    """This module's flags for one measurement, which main() runs and prints as JSON."""
+    return ["--worker", name, "--model", args.model, "--batch-size", str(args.batch_size),
+            "--steps", str(args.steps), "--devices", str(devices), "--image-size", str(args.image_size),
+            "--num-workers", str(args.num_workers), "--compile" if compile else "--no-compile"]
+
+
 def _worker(name: str, args: argparse.Namespace, devices: int = 1, compile: bool = False) -> dict:
-    cmd = [sys.executable, "-m", "harness.benchmark", "--worker", name, "--model", args.model,
-           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--devices", str(devices),
-           "--image-size", str(args.image_size),
-           "--num-workers", str(args.num_workers), "--compile" if compile else "--no-compile"]
+    cmd = [sys.executable, "-m", "harness.benchmark", *worker_argv(name, args, devices, compile)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")

@@ -1,10 +1,29 @@
 """The benchmark command runs every measurement and prints the whole table."""
 
+import contextlib
+import io
+import json
+
 import pytest
 
+from harness import benchmark
 from harness.benchmark import main
 
 pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # they time or read the compiled step
+
+
+@pytest.fixture
+def measurements_in_this_process(monkeypatch):
+    """The driver's measurements run in this process instead of a fresh one each (a process
+    start costs about 10 s of imports on 2 cores): for the tests of the tables built from them.
+    test_benchmark_prints_every_row runs them as the command does."""
+    def in_process(name, args, devices=1, compile=False):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(benchmark.worker_argv(name, args, devices, compile)) == 0
+        return json.loads(out.getvalue().strip().splitlines()[-1])
+
+    monkeypatch.setattr(benchmark, "_worker", in_process)
 
 
 @pytest.mark.slow  # the whole benchmark: about 2 minutes on 2 cores
@@ -29,7 +48,7 @@ def test_benchmark_prints_every_row(capsys):
 
 
 @pytest.mark.slow
-def test_depth_table_reports_cost_per_image_memory_and_growth(capsys):
+def test_depth_table_reports_cost_per_image_memory_and_growth(capsys, measurements_in_this_process):
     assert main(["--depth", "--depth-models", "resnet20", "resnet32", "--steps", "2",
                  "--batch-size", "8", "--devices", "1"]) == 0
     out = capsys.readouterr().out
@@ -45,8 +64,8 @@ def test_depth_table_reports_cost_per_image_memory_and_growth(capsys):
     assert "compile s" in out
 
 
-@pytest.mark.slow
-def test_streamed_imagenet_benchmark_says_how_many_workers_feed_each_side(capsys):
+@pytest.mark.slow  # train.py end to end, once a side; the rest in this process
+def test_streamed_imagenet_benchmark_says_how_many_workers_feed_each_side(capsys, measurements_in_this_process):
     assert main(["--model", "resnet18", "--image-size", "64", "--batch-size", "4", "--steps", "2",
                  "--devices", "1", "--no-compile", "--no-profile"]) == 0
     out = capsys.readouterr().out

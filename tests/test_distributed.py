@@ -179,8 +179,10 @@ def test_ctrl_c_stops_every_process_at_one_step_and_resumes(tmp_path, side):
 
 @pytest.mark.parametrize("side", ["lightning", "flax"])
 def test_a_diverged_multi_process_run_stops_on_every_rank_together(tmp_path, side):
-    """--lr 1e8: every process stops at the same step with the one-line divergence error, and none
-    is left waiting in a collective (the timeout would fail the test)."""
+    """--lr 1e8, a real divergence in train.py processes: every process stops at the same step
+    with the one-line divergence error and no traceback, and none is left waiting in a collective
+    (the timeout would fail the test). The in-process tests of test_divergence.py check what is
+    kept and that a resume goes on from it."""
     argv = ["--lr", "1e8", "--precision", "32", "--epochs", "3"]
     if side == "lightning":
         processes = [launch(side, tmp_path, "diverged", "--devices", "2", *argv, new_session=True)]
@@ -198,5 +200,12 @@ def test_a_diverged_multi_process_run_stops_on_every_rank_together(tmp_path, sid
     # Lightning: one launch, whose DDP child reports the same error; flax: one per process.
     errors = [line for err in stderr for line in err.splitlines() if line.startswith("error:")]
     assert errors and all("training diverged" in e for e in errors), stderr
+    assert not any("Traceback" in err for err in stderr), stderr
+    for error in errors:
+        named = re.search(r"last good checkpoint is (\S+)", error)
+        if named:  # the checkpoint it names is there
+            assert Path(named.group(1)).exists(), error
+        else:
+            assert "no checkpoint had been written yet" in error, error
     steps = {re.search(r"at step (\d+)", e).group(1) for e in errors}
     assert len(steps) == 1, errors  # every rank stopped after the same step

@@ -10,7 +10,6 @@ ones -- what torch's CPU DDP does without lightning_side/sync_batchnorm.py -- mo
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -69,13 +68,16 @@ def two_nodes(side: str, logdir: Path, run_name: str, *extra: str) -> list[str]:
 def straight_runs(tmp_path_factory) -> dict:
     """Made once, two processes at a time (more than the cores only slow each other down):
     ("single", side) -> the 1-process run's version folder; ("nodes", side) -> (the two
-    processes' stdout, the version folder) of a two-node run, which the like-one-process test
-    reads and the resume test continues a copy of."""
+    processes' stdout, the version folder) of a two-node run; ("ddp", "lightning") -> the same
+    of Lightning's --devices 2. The like-one-process tests read them; the Ctrl-C test resumes a
+    stopped run to the same end as the two-process run of its side."""
     logdir = tmp_path_factory.mktemp("straight")
     wait_all([launch(side, logdir, "single") for side in SIDES])
     runs = {("single", side): logdir / side / "single" / "version_0" for side in SIDES}
     for side in SIDES:
         runs["nodes", side] = (two_nodes(side, logdir, "nodes"), logdir / side / "nodes" / "version_0")
+    runs["ddp", "lightning"] = (wait_all([launch("lightning", logdir, "ddp", "--devices", "2")])[0],
+                                logdir / "lightning" / "ddp" / "version_0")
     return runs
 
 
@@ -100,11 +102,10 @@ def assert_trains_like_one_process(side: str, version: Path, reference: Path) ->
     assert worst < WEIGHTS_TOLERANCE, f"weights differ by {worst:.2e}"
 
 
-def test_lightning_ddp_on_two_devices_trains_like_one_process(tmp_path, straight_runs):
-    (stdout,) = wait_all([launch("lightning", tmp_path, "ddp", "--devices", "2")])
+def test_lightning_ddp_on_two_devices_trains_like_one_process(straight_runs):
+    stdout, version = straight_runs["ddp", "lightning"]
     assert stdout.count("[lightning] best val/acc") == 1  # rank 0 reports; its child does not
-    assert_trains_like_one_process("lightning", tmp_path / "lightning" / "ddp" / "version_0",
-                                   straight_runs["single", "lightning"])
+    assert_trains_like_one_process("lightning", version, straight_runs["single", "lightning"])
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -117,21 +118,6 @@ def test_two_nodes_train_like_one_process(straight_runs, side):
         assert sorted(p.name for p in (version / "torch_weights").iterdir()) == ["4.pt", "8.pt"]
 
 
-@pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_two_nodes_resume_from_the_first_epoch_to_the_same_end(tmp_path, straight_runs, side):
-    straight_run = straight_runs["nodes", side][1]
-    shutil.copytree(straight_run.parent, tmp_path / side / "nodes", symlinks=True)  # last.ckpt links relatively
-    first = tmp_path / side / "nodes" / "version_0"
-    epoch_one = (first / "checkpoints" / "epoch000-step4.ckpt" if side == "lightning"
-                 else first / "checkpoints" / "4")
-    two_nodes(side, tmp_path, "nodes", "--resume", str(epoch_one))
-    straight, resumed = final_weights(side, straight_run), final_weights(side, first.parent / "version_1")
-    worst = max(float(np.abs(straight[k] - resumed[k]).max()) for k in straight)
-    assert worst < 1e-12, f"weights differ by {worst:.2e}"
-    # It resumed rather than started over (which would end on the same weights).
-    assert first_step(first.parent / "version_1", "val/acc") == 7  # epoch 1's end, after step 4's checkpoint
-
-
 def ctrl_c(processes: list[subprocess.Popen], checkpoint: Path) -> list[int]:
     """Ctrl-C as a terminal sends it: SIGINT to each launch's whole process group (Lightning's
     DDP children included), once the first epoch's checkpoint is on disk."""
@@ -139,57 +125,58 @@ def ctrl_c(processes: list[subprocess.Popen], checkpoint: Path) -> list[int]:
     while not checkpoint.exists():
         assert all(p.poll() is None for p in processes), "a run ended before the Ctrl-C"
         assert time.monotonic() < deadline
-        time.sleep(0.2)
+        time.sleep(0.02)  # the next epoch has 4 steps: stop it in its first
     for process in processes:
         os.killpg(process.pid, signal.SIGINT)
     return [process.wait(timeout=300) for process in processes]
 
 
-@pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_ctrl_c_stops_every_process_at_one_step_and_resumes(tmp_path, side):
-    # fp32 (after ARGV's flags, so these win): nothing here compares weights, and float64 steps
-    # are slow. 30 steps an epoch leave the Ctrl-C time to land before the last step.
-    argv = ["--limit-train-batches", "30", "--epochs", "2", "--precision", "32", "--batch-size", "32"]
+def two_processes(side: str, logdir: Path, run_name: str, *extra: str, new_session: bool = False) -> list:
+    """The launches of a two-process run: Lightning's --devices 2 (one launch, a DDP child), or
+    flax's two nodes."""
     if side == "lightning":
-        launches = [launch(side, tmp_path, "stop", "--devices", "2", *argv, new_session=True)]
-    else:
-        address = f"127.0.0.1:{free_port()}"
-        launches = [launch(side, tmp_path, "stop", "--num-nodes", "2", "--node-rank", str(rank),
-                           "--coordinator-address", address, *argv, new_session=True)
-                    for rank in (1, 0)]
+        return [launch(side, logdir, run_name, "--devices", "2", *extra, new_session=new_session)]
+    address = f"127.0.0.1:{free_port()}"
+    return [launch(side, logdir, run_name, "--num-nodes", "2", "--node-rank", str(rank),
+                   "--coordinator-address", address, *extra, new_session=new_session) for rank in (1, 0)]
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_ctrl_c_stops_every_process_at_one_step_and_resumes_to_the_same_end(tmp_path, straight_runs, side):
+    """Ctrl-C as the second epoch starts: every process stops after the same step, with a
+    checkpoint of it, and --resume last ends on the weights of the uninterrupted two-process run."""
     version = tmp_path / side / "stop" / "version_0"
-    first = (version / "checkpoints" / "epoch000-step30.ckpt" if side == "lightning"
-             else version / "checkpoints" / "30" / "state")
+    first = (version / "checkpoints" / "epoch000-step4.ckpt" if side == "lightning"
+             else version / "checkpoints" / "4" / "state")
+    launches = two_processes(side, tmp_path, "stop", new_session=True)
     assert ctrl_c(launches, first) == [130] * len(launches)
     stderr = [p.stderr.read() for p in launches]
     stopped = {re.search(r"interrupted at step (\d+)", err).group(1) for err in stderr}
     assert len(stopped) == 1, stderr  # every process stopped after the same step
     step = int(stopped.pop())
-    assert 30 <= step < 60
+    assert 4 <= step < 8  # in the second epoch (4 steps each), before its end
     if side == "lightning":
         assert any((version / "checkpoints").glob(f"*step{step}.ckpt"))
-        wait_all([launch(side, tmp_path, "stop", "--devices", "2", *argv, "--resume", "last")])
     else:
         assert (version / "checkpoints" / str(step) / "state").is_dir()
-        two_nodes(side, tmp_path, "stop", *argv, "--resume", "last")
-    assert "version_1" in {p.name for p in version.parent.iterdir()}
-    assert [s for s, _ in scalars(version.parent / "version_1")["test/acc"]] == [60]
+
+    wait_all(two_processes(side, tmp_path, "stop", "--resume", "last"))
     assert first_step(version.parent / "version_1") == step  # it went on from the Ctrl-C checkpoint
+    assert [s for s, _ in scalars(version.parent / "version_1")["test/acc"]] == [8]
+    straight = straight_runs["ddp" if side == "lightning" else "nodes", side][1]
+    straight, resumed = final_weights(side, straight), final_weights(side, version.parent / "version_1")
+    worst = max(float(np.abs(straight[k] - resumed[k]).max()) for k in straight)
+    assert worst < 1e-12, f"weights differ by {worst:.2e}"
 
 
-@pytest.mark.parametrize("side", ["lightning", "flax"])
+@pytest.mark.parametrize("side", SIDES)
 def test_a_diverged_multi_process_run_stops_on_every_rank_together(tmp_path, side):
     """--lr 1e8, a real divergence in train.py processes: every process stops at the same step
     with the one-line divergence error and no traceback, and none is left waiting in a collective
     (the timeout would fail the test). The in-process tests of test_divergence.py check what is
     kept and that a resume goes on from it."""
-    argv = ["--lr", "1e8", "--precision", "32", "--epochs", "3"]
-    if side == "lightning":
-        processes = [launch(side, tmp_path, "diverged", "--devices", "2", *argv, new_session=True)]
-    else:
-        address = f"127.0.0.1:{free_port()}"
-        processes = [launch(side, tmp_path, "diverged", "--num-nodes", "2", "--node-rank", str(rank),
-                            "--coordinator-address", address, *argv, new_session=True) for rank in (1, 0)]
+    processes = two_processes(side, tmp_path, "diverged", "--lr", "1e8", "--precision", "32", "--epochs", "3",
+                              new_session=True)
     try:
         stderr = [p.communicate(timeout=600)[1] for p in processes]
     finally:

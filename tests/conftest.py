@@ -23,11 +23,10 @@ def pytest_unconfigure(config):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
-@pytest.fixture
-def in_process_main(monkeypatch, capsys):
-    """Calls a train.py's main(argv) in this process, which must end in SystemExit: its code,
-    stdout and stderr as a CompletedProcess. The process-wide hooks with which main quiets a
-    disk fault's reports (harness/disk_faults.py) are undone after."""
+def call_main(main, argv, monkeypatch: pytest.MonkeyPatch) -> int:
+    """main(argv), a train.py's, in this process: the code of the SystemExit it ended in, or 0
+    if it returned. The process-wide hooks with which main quiets a disk fault's reports (harness/disk_faults.py)
+    are undone when monkeypatch is."""
     import logging
     import threading
 
@@ -37,21 +36,30 @@ def in_process_main(monkeypatch, capsys):
     for name in ("absl", "asyncio"):
         logger = logging.getLogger(name)
         monkeypatch.setattr(logger, "filters", list(logger.filters))
+    # Lightning's loggers print through a StreamHandler bound to the sys.stderr of the moment
+    # Lightning was imported: perhaps an earlier test's capture, closed since.
+    import lightning  # noqa: F401
 
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+    try:
+        main(argv)
+    except SystemExit as exit:
+        return exit.code
+    return 0
+
+
+@pytest.fixture
+def in_process_main(monkeypatch, capsys):
+    """Calls a train.py's main(argv) in this process (call_main): its code, stdout and stderr as
+    a CompletedProcess."""
     def call(main, argv) -> subprocess.CompletedProcess:
         capsys.readouterr()
-        # Lightning's loggers print through a StreamHandler bound to the sys.stderr of the moment
-        # Lightning was imported: perhaps an earlier test's capture, closed since.
-        import lightning  # noqa: F401
-
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            for handler in logging.getLogger(name).handlers:
-                if isinstance(handler, logging.StreamHandler):
-                    monkeypatch.setattr(handler, "stream", sys.stderr)
-        with pytest.raises(SystemExit) as exit_info:
-            main(argv)
+        code = call_main(main, argv, monkeypatch)
         out = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, exit_info.value.code, out.out, out.err)
+        return subprocess.CompletedProcess(argv, code, out.out, out.err)
 
     return call
 
@@ -86,8 +94,21 @@ def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
 def float64_lockstep(tmp_path_factory) -> dict:
     """tests/parity.py's lockstep of the default recipe in float64, 10 steps of 8 images from one
     init (XLA's float64 convolutions are slow on a CPU; 4 a device on two): the Lightning side,
-    the flax side, and the flax side on two host devices."""
+    the flax side, and the flax side on two host devices. The first two run in this process,
+    whose imports are done (a train.py process spends about 10 s of a core on them), while the
+    third runs as a process (its host devices must be set before JAX starts)."""
+    import importlib
+
+    import jax
+
     from tests.parity import lockstep
 
-    return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=8,
-                    flax_devices=(1, 2))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        def in_this_process(side, argv):
+            return call_main(importlib.import_module(f"{side}_side.train").main, argv, monkeypatch)
+
+        try:
+            return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=8,
+                            flax_devices=(1, 2), in_this_process=in_this_process)
+        finally:
+            jax.config.update("jax_enable_x64", False)  # the flax side's 64-true turned it on

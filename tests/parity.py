@@ -23,13 +23,15 @@ SIDES = ("lightning", "flax")
 
 def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
              extra: list[str] = (), seed: int = 0, data: list[str] = ("--dataset", "digits"),
-             batch_size: int = 32, flax_devices: tuple[int, ...] = (1,)) -> dict:
+             batch_size: int = 32, flax_devices: tuple[int, ...] = (1,), in_this_process=None) -> dict:
     """Train both sides `steps` optimizer steps (one epoch of `steps` batches) from one init:
     the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's own).
 
     The flax side trains once per entry of `flax_devices` (host devices, data parallel); a run on
-    n > 1 devices is keyed "flax on n devices". The runs are started together: each spends much
-    of its time in imports and XLA's compiler, one core each."""
+    n > 1 devices is keyed "flax on n devices". The runs are started together as processes: each
+    spends much of its time in imports and XLA's compiler, one core each. Given
+    `in_this_process(side, argv) -> exit code`, the Lightning run and the 1-device flax run go
+    through it instead, one after the other, while the other runs are processes."""
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     init = workdir / "init.pt"
@@ -41,10 +43,16 @@ def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", mode
     runs = {"lightning": ("lightning", ["--run-name", "parity"])}
     for n in flax_devices:
         runs["flax" if n == 1 else f"flax on {n} devices"] = ("flax", ["--run-name", f"parity-{n}", "--devices", str(n)])
-    done = finish({name: start_train(side, [*argv, *own]) for name, (side, own) in runs.items()})
+    here = {"lightning", "flax"} if in_this_process else set()
+    started = {name: start_train(side, [*argv, *own]) for name, (side, own) in runs.items() if name not in here}
+    codes = {name: in_this_process(runs[name][0], [*argv, *runs[name][1]]) for name in sorted(here)}
+    done = finish(started) if started else {}
     out = {}
     for name, (side, own) in runs.items():
-        if done[name].returncode != 0:
+        if name in here:
+            if codes[name] != 0:
+                raise RuntimeError(f"{name} failed in this process with exit code {codes[name]}")
+        elif done[name].returncode != 0:
             raise RuntimeError(f"{name} failed:\n{done[name].stderr[-4000:]}")
         version = workdir / "logs" / side / own[1] / "version_0"
         out[name] = {"scalars": scalars(version), "weights": final_weights(side, version)}

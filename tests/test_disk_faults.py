@@ -4,6 +4,7 @@ Both train.py end with one line, exit 74 (harness/disk_faults.py), keep their co
 and continue with --resume last once the run folder is on a disk with room."""
 
 import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -46,14 +47,6 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def start(side, logdir, *extra, flags=RUN):
-    return start_train(side, [*flags, "--logdir", str(logdir), *extra])
-
-
-def train(side, logdir, *extra):
-    return finish({side: start(side, logdir, *extra)})[side]
-
-
 def assert_one_line_disk_fault(out, *needles):
     assert out.returncode == EXIT_CODE, out.stderr[-3000:]
     # No traceback, from any thread: TensorStore's reports of Orbax's closed event loop included.
@@ -67,19 +60,33 @@ def assert_one_line_disk_fault(out, *needles):
     return errors[0]
 
 
+def lightning_main_here(argv) -> subprocess.CompletedProcess:
+    """Lightning's main(argv) in this process, its output captured: as a process would end."""
+    from lightning_side.train import main
+    from tests.conftest import call_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = call_main(main, argv, monkeypatch)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def full_disk_runs(tmp_path_factory) -> dict:
     """Both sides at once, each on a tmpfs too small for its second checkpoint, with the reference
-    run's flags (2 epochs; tests/reference.py); then each run, copied to a disk with room, resumed
-    with --resume last in this process. ("full", side) -> CompletedProcess; ("roomy", side) -> the
-    copy's logdir."""
+    run's flags (2 epochs; tests/reference.py): flax as a process (its disk fault ends it with
+    os._exit, after Orbax's writer threads), Lightning in this process meanwhile. Then each run,
+    copied to a disk with room, resumed with --resume last in this process. ("full", side) ->
+    CompletedProcess; ("roomy", side) -> the copy's logdir."""
     tmp = tmp_path_factory.mktemp("full")
     with contextlib.ExitStack() as mounts:
-        started = {}
-        for side in SIDES:
-            small = mounts.enter_context(tmpfs(tmp / f"small-{side}", TOO_SMALL[side]))
-            started["full", side] = start(side, small / "logs", flags=REFERENCE_ARGV)
-        done = finish(started)
+        small = {side: mounts.enter_context(tmpfs(tmp / f"small-{side}", TOO_SMALL[side])) for side in SIDES}
+        flax = start_train("flax", [*REFERENCE_ARGV, "--logdir", str(small["flax"] / "logs")])
+        try:
+            lightning = lightning_main_here([*REFERENCE_ARGV, "--logdir", str(small["lightning"] / "logs")])
+        finally:
+            done = finish({("full", "flax"): flax})
+        done["full", "lightning"] = lightning
         for side in SIDES:  # "move the run folder to a disk with room"
             shutil.copytree(tmp / f"small-{side}" / "logs", tmp / f"roomy-{side}", symlinks=True)
             done["roomy", side] = tmp / f"roomy-{side}"

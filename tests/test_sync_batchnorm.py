@@ -1,6 +1,7 @@
 """GlobalBatchNorm2d: two gloo ranks, each with half a batch, behave as one BatchNorm2d on all of it."""
 
 import socket
+import warnings
 
 import pytest
 import torch
@@ -43,6 +44,7 @@ DTYPES = (torch.float64, torch.float32)
 
 
 def rank_main(rank, port, results):
+    torch.set_num_threads(1)  # a forked child, as a DataLoader worker is
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         for dtype in DTYPES:
@@ -68,11 +70,15 @@ def rank_main(rank, port, results):
 
 @pytest.fixture(scope="module")
 def two_ranks() -> dict:
-    """(rank, dtype) -> what that rank's layer computed: two processes, both dtypes in one start."""
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(rank_main, args=(free_port(), results), nprocs=WORLD)
-        return dict(results)
+    """(rank, dtype) -> what that rank's layer computed: two processes, both dtypes in one start.
+    Forked, as DataLoader workers are: spawned ranks spent 9 s importing torch again. JAX's
+    warning about forking its threads is for a child that uses JAX; these use torch alone."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        with mp.get_context("fork").Manager() as manager:
+            results = manager.dict()
+            mp.start_processes(rank_main, args=(free_port(), results), nprocs=WORLD, start_method="fork")
+            return dict(results)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -87,7 +87,10 @@ def test_fp32_whole_runs_are_not_found_different(tmp_path):
     recipe = ["--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--schedule", "cosine",
               "--warmup-epochs", "1"]
     command = [sys.executable, "-m", "harness.sweep", "--seeds", "3", *recipe, "--logdir", str(tmp_path)]
-    sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default, as in a terminal's foreground: a suite started in the background by
+    # a script inherits it ignored (POSIX), and the sweep would never see the Ctrl-C.
+    sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while not list(tmp_path.glob("lightning/*-seed0/version_0/checkpoints/*.ckpt")):  # epoch 0 saved

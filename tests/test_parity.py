@@ -87,10 +87,14 @@ def test_fp32_whole_runs_are_not_found_different(tmp_path):
     recipe = ["--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--schedule", "cosine",
               "--warmup-epochs", "1"]
     command = [sys.executable, "-m", "harness.sweep", "--seeds", "3", *recipe, "--logdir", str(tmp_path)]
-    # SIGINT at its default, as in a terminal's foreground: a suite started in the background by
-    # a script inherits it ignored (POSIX), and the sweep would never see the Ctrl-C.
-    sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # The sweep gets SIGINT at its default, as a terminal's foreground job has it: a suite started
+    # in the background by a script has it ignored (POSIX), and a child inherits that, but not a
+    # handler. (preexec_fn would fork this multithreaded process.)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     try:
         deadline = time.monotonic() + 600
         while not list(tmp_path.glob("lightning/*-seed0/version_0/checkpoints/*.ckpt")):  # epoch 0 saved

@@ -57,11 +57,16 @@ def wait_all(processes: list[subprocess.Popen]) -> list[str]:
     return [done[i].stdout for i in range(len(processes))]
 
 
-def two_nodes(side: str, logdir: Path, run_name: str, *extra: str) -> list[str]:
+def node_launches(side: str, logdir: Path, run_name: str, *extra: str, new_session: bool = False) -> list:
     """Two 'hosts' on this machine: one process each, meeting at 127.0.0.1."""
     address = f"127.0.0.1:{free_port()}"
-    return wait_all([launch(side, logdir, run_name, "--num-nodes", "2", "--node-rank", str(rank),
-                            "--coordinator-address", address, *extra) for rank in (1, 0)])
+    return [launch(side, logdir, run_name, "--num-nodes", "2", "--node-rank", str(rank),
+                   "--coordinator-address", address, *extra, new_session=new_session) for rank in (1, 0)]
+
+
+def two_nodes(side: str, logdir: Path, run_name: str, *extra: str) -> list[str]:
+    """A two-node run to its end: the two processes' stdout."""
+    return wait_all(node_launches(side, logdir, run_name, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def straight_runs(tmp_path_factory) -> dict:
     runs = {("single", side): logdir / side / "single" / "version_0" for side in SIDES}
     for side in SIDES:
         runs["nodes", side] = (two_nodes(side, logdir, "nodes"), logdir / side / "nodes" / "version_0")
-    runs["ddp", "lightning"] = (wait_all([launch("lightning", logdir, "ddp", "--devices", "2")])[0],
+    runs["ddp", "lightning"] = (wait_all(two_processes("lightning", logdir, "ddp"))[0],
                                 logdir / "lightning" / "ddp" / "version_0")
     return runs
 
@@ -136,9 +141,7 @@ def two_processes(side: str, logdir: Path, run_name: str, *extra: str, new_sessi
     flax's two nodes."""
     if side == "lightning":
         return [launch(side, logdir, run_name, "--devices", "2", *extra, new_session=new_session)]
-    address = f"127.0.0.1:{free_port()}"
-    return [launch(side, logdir, run_name, "--num-nodes", "2", "--node-rank", str(rank),
-                   "--coordinator-address", address, *extra, new_session=new_session) for rank in (1, 0)]
+    return node_launches(side, logdir, run_name, *extra, new_session=new_session)
 
 
 @pytest.mark.parametrize("side", SIDES)

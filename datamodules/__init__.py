@@ -1,7 +1,7 @@
 """Shared data for both trainers: sources, batched augmentation, deterministic loaders.
 
 Knows neither the Lightning side nor the Flax side, and never imports JAX. Its names are imported
-when first used (PEP 562), so `harness.config` can read DATASETS without loading Lightning: a
+when first used (PEP 562), so `common.config` can read DATASETS without loading Lightning: a
 train.py's --help and its flag errors come back in about a second instead of seven.
 """
 

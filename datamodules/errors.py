@@ -17,10 +17,11 @@ class DataError(Exception):
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
-    """A short single-line description of an underlying error, to quote inside a DataError."""
+    """The short form of an underlying error, to quote inside a one-line message: its type and
+    its first sentence (torch, for one, goes on to suggest weights_only=False, which would run
+    whatever code a file holds), at most `limit` characters."""
     reason = getattr(exc, "reason", None)  # URLError keeps the interesting part here
-    text = str(reason if reason is not None else exc) or type(exc).__name__
-    text = " ".join(text.split())
+    text = " ".join(str(reason if reason is not None else exc).split()).split(". ")[0]
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -8,169 +8,17 @@ arrays served one image at a time.
 
 from __future__ import annotations
 
-import http.client
 import os
-import tarfile
-import urllib.error
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torchvision
 
+from . import cifar
 from .errors import DataError, one_line
 from .names import DATASETS
+from .source import SIZE, Source, StreamedSource, make_source
 from .streamed import ArrayImages, FileImages, RandomImages
-
-
-SIZE = 32  # every source is served at CIFAR resolution, so the models never need to know the source
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: comparing by array contents would be ambiguous
-class Source:
-    train_images: np.ndarray  # uint8 (N, 32, 32, 3), C-contiguous
-    train_labels: np.ndarray  # int64 (N,)
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    classes: tuple[str, ...]
-    hflip: bool  # whether a mirrored image still belongs to its class
-
-    def __post_init__(self) -> None:
-        for images, labels in ((self.train_images, self.train_labels), (self.test_images, self.test_labels)):
-            assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (SIZE, SIZE, 3), images.shape
-            assert images.flags.c_contiguous
-            assert labels.dtype == np.int64 and labels.shape == (len(images),), labels.shape
-
-
-@dataclass(frozen=True, eq=False)
-class StreamedSource:
-    """A source whose images are decoded per batch: `*_images` are FileImages, ArrayImages or
-    RandomImages (len(), .name(i), .open(i)). `in_memory` says whether the pixels are in RAM
-    anyway (then the DataModule takes the channel statistics from them)."""
-    train_images: object
-    train_labels: np.ndarray
-    test_images: object
-    test_labels: np.ndarray
-    classes: tuple[str, ...]
-    hflip: bool
-    in_memory: bool
-
-
-def _source(train_images, train_labels, test_images, test_labels, classes, hflip) -> Source:
-    return Source(
-        np.ascontiguousarray(train_images, dtype=np.uint8),
-        np.asarray(train_labels, dtype=np.int64),
-        np.ascontiguousarray(test_images, dtype=np.uint8),
-        np.asarray(test_labels, dtype=np.int64),
-        tuple(str(c) for c in classes),
-        bool(hflip),
-    )
-
-
-# --------------------------------------------------------------------------- CIFAR
-
-# Class names, not class objects: looked up on torchvision.datasets at call time, so whatever
-# torchvision (or a test that patches its url/md5 attributes) says is what gets used.
-_CIFAR = {"cifar10": ("CIFAR10", "CIFAR-10"), "cifar100": ("CIFAR100", "CIFAR-100")}
-
-# What a failed download raises: no route / refused / DNS / timeout (URLError and the socket
-# errors under it), a broken HTTP exchange, redirect loops. Only these are "could not be downloaded".
-_NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException,
-                   RecursionError)
-# What a downloaded archive that is not CIFAR raises: torchvision's "File not found or corrupted."
-# after an md5 mismatch (RuntimeError), and a truncated or non-gzip archive.
-_ARCHIVE_ERRORS = (RuntimeError, tarfile.TarError, EOFError)
-
-
-def _cifar_class(name: str):
-    return getattr(torchvision.datasets, _CIFAR[name][0])
-
-
-def _what_to_do(name: str) -> str:
-    cls = _cifar_class(name)
-    return (
-        f"put {cls.filename} or {cls.base_folder}/ under --data-dir, "
-        f"or run offline with --dataset digits"
-    )
-
-
-def _archive_is_valid(cls, root: Path) -> bool:
-    from torchvision.datasets.utils import check_integrity
-
-    return check_integrity(os.fspath(root / cls.filename), cls.tgz_md5)
-
-
-def _extracted_is_valid(cls, root: Path) -> bool:
-    # The same per-file md5 check torchvision runs before loading, without loading anything.
-    from torchvision.datasets.utils import check_integrity
-
-    return all(
-        check_integrity(os.fspath(root / cls.base_folder / f), md5) for f, md5 in cls.train_list + cls.test_list
-    )
-
-
-def prepare(name: str, data_dir: str | os.PathLike) -> None:
-    """Download `name` into `data_dir` if it is not there yet (what `prepare_data()` runs).
-
-    Only the CIFAR sources download anything; for the others this only checks the name.
-    torchvision verifies the archive's md5 and every extracted file's md5.
-    """
-    _check_name(name)
-    if name not in _CIFAR:
-        return
-    cls = _cifar_class(name)
-    root = Path(data_dir).expanduser()
-    try:
-        # train=False: the smaller split is enough to trigger download + full integrity check.
-        cls(root=os.fspath(root), train=False, download=True)
-    except _NETWORK_ERRORS as e:
-        raise DataError(
-            f"{_CIFAR[name][1]} is not in {root} and could not be downloaded ({one_line(e)}); {_what_to_do(name)}"
-        ) from e
-    except _ARCHIVE_ERRORS as e:
-        archive = root / cls.filename
-        if archive.is_file() and not _archive_is_valid(cls, root):
-            reason = f"{archive} failed its md5 check: a partial download or a different file"
-        else:
-            reason = f"the downloaded archive is damaged: {one_line(e)}"
-        raise DataError(f"{_CIFAR[name][1]} could not be prepared in {root} ({reason}); {_what_to_do(name)}") from e
-    except OSError as e:  # not the network: writing the archive or its files under --data-dir
-        raise DataError(f"cannot write {e.filename or root} while downloading {_CIFAR[name][1]} "
-                        f"({e.strerror or one_line(e)}); give --data-dir a writable folder with room, "
-                        f"or {_what_to_do(name)}") from e
-
-
-def _load_cifar(name: str, data_dir: str | os.PathLike) -> Source:
-    cls = _cifar_class(name)
-    root = Path(data_dir).expanduser()
-    # Hashing only happens when an archive is lying there, so the common case pays nothing extra.
-    archive = root / cls.filename
-    if archive.is_file() and not _extracted_is_valid(cls, root) and _archive_is_valid(cls, root):
-        # A user-supplied archive counts as "already here": extracting it needs no network.
-        from torchvision.datasets.utils import extract_archive
-
-        try:
-            extract_archive(os.fspath(archive), os.fspath(root))
-        except (OSError, tarfile.TarError, EOFError) as e:
-            raise DataError(
-                f"{archive} could not be extracted ({one_line(e)}); {_what_to_do(name)}"
-            ) from e
-    try:
-        train = cls(root=os.fspath(root), train=True, download=False)
-        test = cls(root=os.fspath(root), train=False, download=False)
-    except (RuntimeError, OSError, EOFError) as e:
-        # torchvision's own message suggests download=True, which means nothing to a CLI user.
-        folder = root / cls.base_folder
-        if not folder.is_dir():
-            reason = f"no {cls.base_folder}/ and no valid {cls.filename} there"
-        elif not _extracted_is_valid(cls, root):
-            reason = f"a file in {folder} is missing or fails its md5 check"
-        else:
-            reason = one_line(e)
-        raise DataError(f"{_CIFAR[name][1]} is missing or corrupted in {root} ({reason}); {_what_to_do(name)}") from e
-    # torchvision already turned the (N, 3072) rows into (N, 32, 32, 3); _source makes it contiguous.
-    return _source(train.data, train.targets, test.data, test.targets, train.classes, hflip=True)
 
 
 # --------------------------------------------------------------------------- image folder
@@ -253,7 +101,7 @@ def _load_imagefolder(data_dir: str | os.PathLike) -> Source:
     classes, train_samples, test_samples = scan_imagefolder(data_dir)
     train_images, train_labels = _read_images(train_samples)
     test_images, test_labels = _read_images(test_samples)
-    return _source(train_images, train_labels, test_images, test_labels, classes, hflip=True)
+    return make_source(train_images, train_labels, test_images, test_labels, classes, hflip=True)
 
 
 # --------------------------------------------------------------------------- digits
@@ -277,7 +125,7 @@ def _load_digits(data_dir: str | os.PathLike | None = None) -> Source:
         np.arange(len(labels)), test_size=0.2, random_state=DIGITS_SPLIT_SEED, stratify=labels
     )
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    return _source(
+    return make_source(
         rgb[train_idx], labels[train_idx], rgb[test_idx], labels[test_idx],
         classes=[str(d) for d in range(10)],
         hflip=False,  # a mirrored digit is a different glyph (or none)
@@ -306,14 +154,14 @@ def _load_synthetic(
     train_labels = rng.integers(0, num_classes, size=train_size, dtype=np.int64)
     test_images = rng.integers(0, 256, size=(test_size, SIZE, SIZE, 3), dtype=np.uint8)
     test_labels = rng.integers(0, num_classes, size=test_size, dtype=np.int64)
-    return _source(train_images, train_labels, test_images, test_labels, [str(c) for c in range(num_classes)], hflip=True)
+    return make_source(train_images, train_labels, test_images, test_labels, [str(c) for c in range(num_classes)], hflip=True)
 
 
 # --------------------------------------------------------------------------- entry point
 
 _LOADERS: dict[str, Callable[..., Source]] = {
-    "cifar10": lambda data_dir: _load_cifar("cifar10", data_dir),
-    "cifar100": lambda data_dir: _load_cifar("cifar100", data_dir),
+    "cifar10": lambda data_dir: cifar.load_cifar("cifar10", data_dir),
+    "cifar100": lambda data_dir: cifar.load_cifar("cifar100", data_dir),
     "imagefolder": _load_imagefolder,
     "digits": _load_digits,
     "synthetic": _load_synthetic,
@@ -324,6 +172,15 @@ assert tuple(_LOADERS) == DATASETS
 def _check_name(name: str) -> None:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose --dataset from {', '.join(DATASETS)}")
+
+
+def prepare(name: str, data_dir: str | os.PathLike) -> None:
+    """Download `name` into `data_dir` if it is not there yet (what `prepare_data()` runs).
+
+    Only the CIFAR sources download anything; for the others this only checks the name."""
+    _check_name(name)
+    if name in cifar.CIFAR_NAMES:
+        cifar.download(name, data_dir)
 
 
 def load(name: str, data_dir: str | os.PathLike = "./data", **kw) -> Source:

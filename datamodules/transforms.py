@@ -8,7 +8,7 @@ from torch's global RNG, so the same image gets the same crop in any worker and 
 
 Decoding is PIL's (libjpeg-turbo), with JPEG draft mode: the decoder scales the DCT down by 1/2,
 1/4 or 1/8 whenever the result still has at least the pixels the final resize needs, which
-makes a large photo several times cheaper to decode (README, "ImageNet-class runs").
+makes a large photo several times cheaper to decode (docs/models-and-data.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 flax's `nn.BatchNorm` folds the *biased* batch variance into its running average; torch's
 `BatchNorm2d` folds the *unbiased* one (n / (n - 1) times larger). Normalisation itself uses the
-biased variance on both. The project keeps torch's convention on both sides (README,
-"Equivalence"), so eval-mode outputs after the same training agree; this module is
+biased variance on both. The project keeps torch's convention on both sides (docs/equivalence.md),
+so eval-mode outputs after the same training agree; this module is
 `nn.BatchNorm` with that one change, the same variable names, and a `num_batches_tracked` counter
 so torch state_dicts convert both ways without loss.
 

@@ -30,20 +30,18 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from common.errors import RunError, one_line
+from common.sides import TORCH_WEIGHTS
 from flax_side.state import TrainState
-from harness.runs import versions
+from common.runs import versions
 
 KEEP_LAST = 3
 CHECKPOINTS = "checkpoints"
-TORCH_EXPORTS = "torch_weights"
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-class CheckpointError(Exception):
+class CheckpointError(RunError):
     """A checkpoint or weights file that cannot be used; the message is one line naming it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 def _rank(metrics: Mapping[str, float]) -> tuple[float, int]:
@@ -92,7 +90,7 @@ def export_torch_weights(manager: ocp.CheckpointManager, state: TrainState, step
     flax checkpoint. Files of checkpoints the manager has let go are removed with them."""
     from flax_side import convert  # the one module of this side that imports torch
 
-    exports = Path(manager.directory).parent / TORCH_EXPORTS
+    exports = Path(manager.directory).parent / TORCH_WEIGHTS
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     convert.save_torch_state_dict(variables, exports / f"{step}.pt")
     kept = set(manager.all_steps()) | {step}
@@ -106,7 +104,7 @@ def drop_unfinished_exports(manager: ocp.CheckpointManager) -> None:
     writer after the copy was made), so --init-from never takes weights --resume cannot."""
     if jax.process_index() != 0:
         return
-    exports = Path(manager.directory).parent / TORCH_EXPORTS
+    exports = Path(manager.directory).parent / TORCH_WEIGHTS
     manager.reload()
     complete = set(manager.all_steps())
     for path in exports.glob("*.pt"):
@@ -215,7 +213,7 @@ def restore(directory: Path, step: int, state: TrainState,
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                           meta=ocp.args.JsonRestore()))
     except Exception as err:  # Orbax raises many types, with pages of text: keep one line.
-        raise CheckpointError(f"cannot resume from {directory / str(step)} ({_first_line(err)[:300]}): "
+        raise CheckpointError(f"cannot resume from {directory / str(step)} ({one_line(err)}): "
                               f"its files are damaged, or a run of another --model, --dataset or "
                               f"--precision wrote it") from None
     items = restored["state"]
@@ -267,7 +265,7 @@ def _flax_variables(path: Path) -> dict[str, Any]:
                 item=target, partial_restore=True,
                 restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)))
     except Exception as err:
-        raise CheckpointError(f"--init-from {item}: cannot read it ({_first_line(err)})") from None
+        raise CheckpointError(f"--init-from {item}: cannot read it ({one_line(err)})") from None
 
 
 def _conform(variables: Mapping[str, Any], like: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -285,8 +283,3 @@ def _conform(variables: Mapping[str, Any], like: Mapping[str, Any], path: Path) 
                                   f"the model needs {value.shape} (other --model or class count?)")
     out = {key: np.asarray(got[key]).astype(value.dtype) for key, value in want.items()}
     return traverse_util.unflatten_dict(out, sep="/")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]

@@ -5,14 +5,14 @@ into every backward fusion that reads a block's output, back to the start of the
 compiled resnet56 step holds 463 ReLUs instead of 55, and the step's cost grows with the square
 of the depth (harness/examples/xla_cpu_fusion_depth.py shows it in plain JAX). With the pass off,
 each element-wise op runs as its own loop and reads stored activations, and resnet20..110 scale
-with depth as Lightning does (README, "Cost against depth").
+with depth as Lightning does (docs/speed.md, "Cost against depth").
 
-Only where it pays, by measurement (README): He et al.'s option-A ResNets from resnet32 on, whose
-stages are chains of 5 to 18 identity shortcuts. The unfused step stores more intermediates
-(+14% peak memory at resnet20, +35% at resnet110), so resnet20, whose 3-block stages gain
-nothing, keeps XLA's defaults, as do torchvision's ResNets (2 to 6 blocks a stage on much larger
-feature maps: without fusion, resnet18 at 112 px ran 13% slower, each unfused op a pass over
-memory). GPUs keep XLA's defaults too: their fusion is another pass.
+Only where it pays, by measurement (figures in docs/speed.md): He et al.'s option-A ResNets from
+resnet32 on, whose stages are chains of 5 to 18 identity shortcuts. The unfused step stores more
+intermediates, so resnet20, whose 3-block stages gain nothing, keeps XLA's defaults, as do
+torchvision's ResNets (2 to 6 blocks a stage on much larger feature maps: without fusion,
+resnet18 ran slower, each unfused op a pass over memory). GPUs keep XLA's defaults too: their
+fusion is another pass.
 
 Set per compilation rather than in XLA_FLAGS, so that it can depend on the backend and the
 model. A user's own XLA_FLAGS win: if they name --xla_disable_hlo_passes at all
@@ -25,7 +25,7 @@ import os
 
 import jax
 
-from harness.architectures import CIFAR_ARCHITECTURES
+from common.architectures import CIFAR_ARCHITECTURES
 
 CPU_STEP_OPTIONS = {"xla_disable_hlo_passes": "fusion"}
 MIN_BLOCKS_PER_STAGE = 5  # resnet32 and deeper

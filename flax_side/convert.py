@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from flax import traverse_util
 
+from common.errors import one_line
+
 _BN_TORCH_TO_FLAX = {
     "weight": ("params", "scale"),
     "bias": ("params", "bias"),
@@ -113,10 +115,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Te
     try:
         loaded = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a truncated or foreign file
-        # The first sentence only: torch goes on to suggest weights_only=False, which would run
-        # whatever code the file holds.
-        reason = " ".join(str(err).split()).split(". ")[0][:200]
-        raise ValueError(f"{path} is not a readable torch file ({type(err).__name__}: {reason})") from None
+        raise ValueError(f"{path} is not a readable torch file ({one_line(err)})") from None
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = {k[len("model."):]: v for k, v in loaded["state_dict"].items() if k.startswith("model.")}
     if not isinstance(loaded, Mapping) or not loaded or not all(

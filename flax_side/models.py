@@ -20,7 +20,7 @@ from flax import linen as nn
 
 from flax_side import torchvision_resnet
 from flax_side.batchnorm import BatchNorm
-from harness.architectures import (CIFAR_ARCHITECTURES, IMAGENET_ARCHITECTURES, MODEL_NAMES,
+from common.architectures import (CIFAR_ARCHITECTURES, IMAGENET_ARCHITECTURES, MODEL_NAMES,
                                    unknown_model_message)
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # untruncated normal

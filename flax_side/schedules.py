@@ -21,7 +21,7 @@ import math
 import jax.numpy as jnp
 import optax
 
-from harness.config import TrainConfig
+from common.config import TrainConfig
 
 
 def optimizer_steps_per_epoch(config: TrainConfig, batches_per_epoch: int) -> int:

@@ -1,7 +1,8 @@
 """The jitted steps: pure functions of (state, batch), after flax's examples/imagenet.
 
 Everything static (normalisation constants, the schedule, the loss's label smoothing) is bound
-with functools.partial by the caller, which jits the result with `donate_argnums=0` for the state.
+with functools.partial by compiled_steps.py, which jits the result with `donate_argnums=0` for the
+state.
 Batches arrive as they leave the loader -- uint8 NHWC images and int32 labels -- and are
 normalised here, on the device, in `input_dtype` (float32; float64 under 64-true); the model casts
 to its compute dtype itself.

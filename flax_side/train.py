@@ -1,4 +1,4 @@
-"""Train a CIFAR ResNet with the Flax side of the harness.
+"""Train a ResNet with the Flax side of the harness.
 
     python flax_side/train.py --dataset digits --epochs 10 --schedule cosine --warmup-epochs 1
     python flax_side/train.py --dataset digits --epochs 2 --devices 2     # two host devices on CPU
@@ -6,7 +6,7 @@
     python flax_side/train.py --resume last                                # continue the newest run
     python flax_side/train.py --help
 
-The flags are shared with the other side (harness/config.py); runs land in
+The flags are shared with the other side (common/config.py); runs land in
 logs/flax/<run-name>/version_N for `tensorboard --logdir logs`. The work is done by
 flax_side/loop.py; this file parses the flags, prepares the devices and reports errors.
 """
@@ -16,48 +16,38 @@ import os
 import sys
 from pathlib import Path
 
-from harness import disk_faults
-from harness.config import fail, parse_config
+from common.config import parse_config
+from common.errors import fail, one_line, run_main
 
 
 def main(argv=None) -> None:
     config = parse_config("flax", argv)
-    # XLA's persistent compilation cache: a second run of the same step skips its compilation
-    # (about 4 s of a resnet20 run's start on a 2-core CPU). JAX_COMPILATION_CACHE_DIR overrides.
+    # XLA's persistent compilation cache: a second run of the same step skips its compilation.
+    # JAX_COMPILATION_CACHE_DIR overrides.
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning-vs-flax" / "jax"
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
     # Host devices must be requested before JAX starts, so JAX is imported only below.
     if config.devices > 1:
         flag = f"--xla_force_host_platform_device_count={config.devices}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
-
     if config.num_nodes > 1:
         join_processes(config)
 
-    from datamodules import DataError
-    from flax_side.checkpoint import CheckpointError
-    from flax_side.loop import Interrupted, TrainingError, train_and_evaluate
+    from flax_side.loop import train_and_evaluate
 
-    disk_faults.quiet(config.logdir)
-    try:
-        train_and_evaluate(config)
-    except (DataError, CheckpointError, TrainingError) as err:
-        fail(str(err))
-    except Interrupted as err:
-        fail(str(err), code=130)  # the shell's code for a run ended by SIGINT
-    except Exception as err:
-        message = disk_faults.find(err, config.logdir)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        # Orbax's writer threads still hold the failed save's futures; at interpreter exit
-        # TensorStore calls them back into a closed event loop, each with a traceback. The run's
-        # files are closed by now (loop.py's finally), so leave at once, and take the loader
-        # workers of --num-workers along: os._exit skips their shutdown, and they would live on.
-        sys.stdout.flush()
-        for worker in multiprocessing.active_children():
-            worker.kill()
-        os._exit(disk_faults.EXIT_CODE)
+    run_main(lambda: train_and_evaluate(config), config.logdir, on_disk_fault=leave_at_once)
+
+
+def leave_at_once(code: int) -> None:
+    """After a disk fault's line: Orbax's writer threads still hold the failed save's futures, and
+    at interpreter exit TensorStore calls them back into a closed event loop, each with a traceback.
+    The run's files are closed by now (version_folder.py's VersionFolder), so leave at once, and
+    take the loader workers of --num-workers along: os._exit skips their shutdown, and they would
+    live on."""
+    sys.stdout.flush()
+    for worker in multiprocessing.active_children():
+        worker.kill()
+    os._exit(code)
 
 
 def join_processes(config) -> None:
@@ -71,8 +61,7 @@ def join_processes(config) -> None:
         jax.distributed.initialize(config.coordinator_address, num_processes=config.num_nodes,
                                    process_id=config.node_rank)
     except Exception as err:  # JAX raises several types; keep one line
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        fail(f"cannot join the {config.num_nodes} processes of this run ({reason}); start every "
+        fail(f"cannot join the {config.num_nodes} processes of this run ({one_line(err)}); start every "
              f"node with the same --num-nodes and --coordinator-address, and its own --node-rank")
 
 

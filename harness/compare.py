@@ -22,7 +22,8 @@ import numpy as np
 
 from harness.recipes import differences, recipe_flags
 from harness.report_plots import plot_groups, plot_pair
-from harness.trials import METRICS, SIDES, Trial, find_trials, read_version
+from common.sides import SIDES
+from harness.trials import METRICS, Trial, find_trials, read_version
 from harness.verdicts import Scale, compare
 
 
@@ -211,7 +212,7 @@ def add_margin_flags(parser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.split("\n\n")[0],
-                                     epilog="How to read a verdict: see the README's 'Compare the two sides'.")
+                                     epilog="How to read a verdict: see docs/comparing.md.")
     parser.add_argument("logdir", nargs="?", default="logs", help="the --logdir both sides wrote to")
     parser.add_argument("--run", help="only run names matching this glob, e.g. 'resnet20-digits*'")
     parser.add_argument("--lightning", type=Path, help="compare this Lightning version folder ...")

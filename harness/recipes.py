@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-from harness.config import TrainConfig
+from common.config import TrainConfig
 
 # Not part of the experiment: where the files are, what the run is called, how it was (re)started.
 NOT_RECIPE = frozenset({"seed", "logdir", "data_dir", "run_name", "resume", "node_rank",

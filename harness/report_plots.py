@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from common.sides import SIDES
 
-SIDES = ("lightning", "flax")
 COLOURS = {"lightning": "#792ee5", "flax": "#2a9d8f"}  # Lightning's purple, a teal for flax
 
 

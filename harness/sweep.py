@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from harness import compare
-from harness.config import build_parser, parse_config
+from common.config import build_parser, parse_config
 from harness.recipes import recipe_id
-from harness.trials import SIDES, run_trials
+from common.sides import SIDES, train_command
+from harness.trials import run_trials
 
-ROOT = Path(__file__).resolve().parents[1]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -60,8 +60,7 @@ def run_one(side: str, train_args: list[str], seed: int, name: str, logdir: Path
     """Train one side for one seed; Ctrl-C asks the run to stop at its next step boundary."""
     run_dir = logdir / side / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(ROOT / f"{side}_side" / "train.py"), *train_args,
-               "--seed", str(seed), "--run-name", name]
+    command = train_command(side, [*train_args, "--seed", str(seed), "--run-name", name])
     if has_checkpoint(run_dir):
         command += ["--resume", "last"]
     with open(run_dir / "sweep.log", "a") as log:

@@ -20,9 +20,9 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from harness.recipes import recipe_id, recipe_of
-from harness.runs import versions
+from common.runs import versions
+from common.sides import SIDES
 
-SIDES = ("lightning", "flax")
 # Per trial, as compare.py reports them; "acc"/"loss" in a name makes it an accuracy or a loss.
 METRICS = ("best val/acc", "test/acc", "test/loss", "train images/s", "wall time (s)", "peak memory (MB)")
 

@@ -1,4 +1,4 @@
-"""Lightning callbacks that write the perf/* tags of DESIGN.md's tag set (and perf/peak_memory_mb)."""
+"""Lightning callbacks that write the perf/* tags of docs/design.md's tag set (and perf/peak_memory_mb)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from harness import disk_faults
-from harness.interrupt import CtrlC
-from harness.runs import host_peak_memory_mb
+from common import disk_faults
+from common.errors import TrainingError
+from common.interrupt import CtrlC
+from common.runs import host_peak_memory_mb
 
 
 def peak_memory_mb(trainer: L.Trainer) -> float:
@@ -74,7 +75,7 @@ class EpochThroughput(L.Callback):
         return self.total_images / self.total_seconds if self.total_seconds else float("nan")
 
 
-class BadImages(L.Callback):
+class BadImageCount(L.Callback):
     """data/bad_images: how many images failed to decode so far and were replaced (streamed
     data; always 0 in memory), at the end of every epoch. The DataModule names each one once."""
 
@@ -97,7 +98,7 @@ class BadImages(L.Callback):
 
 
 class RunFolderGuard(L.Callback):
-    """Stops the run when its version folder vanishes (harness.disk_faults.RunFolder), checked
+    """Stops the run when its version folder vanishes (common.disk_faults.RunFolder), checked
     before each epoch's checkpoints are written: Lightning orders checkpoint callbacks after every
     other one."""
 
@@ -111,10 +112,6 @@ class RunFolderGuard(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.folder is not None and not trainer.sanity_checking:
             self.folder.check()
-
-
-class TrainingError(Exception):
-    """A run that cannot go on (a diverged loss); the message is one line."""
 
 
 class StopOnNonFiniteLoss(L.Callback):
@@ -146,7 +143,7 @@ def _last_good(trainer: L.Trainer) -> str:
 
 
 class StopBetweenSteps(L.Callback):
-    """Ctrl-C (harness.interrupt.CtrlC) honoured between two training steps.
+    """Ctrl-C (common.interrupt.CtrlC) honoured between two training steps.
 
     From on_train_batch_end (this callback comes last) the step in flight has finished, LR
     scheduler included; the KeyboardInterrupt raised there hands over to Lightning's own

@@ -8,7 +8,7 @@ resnet18/34/50 are torchvision's own models (`torchvision.models.resnet50(weight
 torchvision's initialisation, so any torchvision state_dict loads into them as it is.
 
 Mirrors flax_side/models.py name for name, so that flax_side/convert.py maps weights mechanically.
-The initialisation scheme is the one documented in the README and implemented identically there:
+The initialisation scheme is the one documented in docs/design.md and implemented identically there:
 conv kernels He-normal (fan_in, gain sqrt(2), untruncated), the classifier weight uniform in
 +-1/sqrt(fan_in) (torch's Linear default), classifier bias zero, BatchNorm scale 1 and bias 0.
 """
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from harness.architectures import (CIFAR_ARCHITECTURES, IMAGENET_ARCHITECTURES, MODEL_NAMES,
+from common.architectures import (CIFAR_ARCHITECTURES, IMAGENET_ARCHITECTURES, MODEL_NAMES,
                                    unknown_model_message)
 
 # torch's momentum is the weight of the new batch statistic; flax's is the decay of the old one

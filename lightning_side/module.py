@@ -74,7 +74,7 @@ class ResNetModule(L.LightningModule):
                                else logits, labels, label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch, batch_idx):
-        images, labels, _ = batch  # the third item names replaced images (callbacks.BadImages)
+        images, labels, _ = batch  # the third item names replaced images (callbacks.BadImageCount)
         logits = self(images)
         loss = self.loss(logits, labels)
         self.train_acc(logits, labels)

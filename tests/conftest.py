@@ -8,12 +8,11 @@ import tempfile
 
 import pytest
 
-from tests.processes import finish, start_train
-from tests.reference import REFERENCE_ARGV, ReferenceRun
+from harness.processes import finish, start_train
+from tests.helpers.reference import REFERENCE_ARGV, ReferenceRun
 
-# XLA's persistent compilation cache, one per session: a flax step compiled once (about 10 s of
-# a resnet20 run on 2 cores) is loaded by every later run of the same step, in this process and
-# in the train.py processes the tests start (they inherit the variable). Set before JAX is first
+# XLA's persistent compilation cache, one per session: a flax step compiled once is loaded by
+# every later run of the same step, in this process and in the train.py processes the tests start (they inherit the variable). Set before JAX is first
 # imported, which reads it then; a session of its own keeps the user's cache and the tests apart.
 _CACHE = tempfile.mkdtemp(prefix="jax-cache-")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
@@ -25,7 +24,7 @@ def pytest_unconfigure(config):
 
 def call_main(main, argv, monkeypatch: pytest.MonkeyPatch) -> int:
     """main(argv), a train.py's, in this process: the code of the SystemExit it ended in, or 0
-    if it returned. The process-wide hooks with which main quiets a disk fault's reports (harness/disk_faults.py)
+    if it returned. The process-wide hooks with which main quiets a disk fault's reports (common/disk_faults.py)
     are undone when monkeypatch is."""
     import logging
     import threading
@@ -92,7 +91,7 @@ def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
 
 @pytest.fixture(scope="session")
 def float64_lockstep(tmp_path_factory) -> dict:
-    """tests/parity.py's lockstep of the default recipe in float64, 10 steps of 8 images from one
+    """harness/lockstep.py's lockstep of the default recipe in float64, 10 steps of 8 images from one
     init (XLA's float64 convolutions are slow on a CPU; 4 a device on two): the Lightning side,
     the flax side, and the flax side on two host devices. The first two run in this process,
     whose imports are done (a train.py process spends about 10 s of a core on them), while the
@@ -101,7 +100,7 @@ def float64_lockstep(tmp_path_factory) -> dict:
 
     import jax
 
-    from tests.parity import lockstep
+    from harness.lockstep import lockstep
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         def in_this_process(side, argv):

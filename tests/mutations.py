@@ -1,10 +1,10 @@
-"""Re-break each equivalence trap of the README's table, one at a time, in a copy of the project,
+"""Re-break each equivalence trap of docs/design.md, one at a time, in a copy of the project,
 and report whether the fast equivalence tests catch it.
 
-    python -m tests.mutations                  # every trap (about 10 minutes on 2 cores)
+    python -m tests.mutations                  # every trap (its duration: docs/testing.md)
     python -m tests.mutations --only nesterov  # the traps whose name holds 'nesterov'
 
-A trap added to the README's Equivalence table gets a line in MUTATIONS with the change that
+A trap added to docs/design.md's list of traps gets a line in MUTATIONS with the change that
 would break it and the tests that must fail. Not part of `pytest`: it runs the suite many times.
 Exit status 0 when every mutation is caught, 1 otherwise.
 """

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.processes import finish
+from harness.processes import finish
+from common.sides import SIDES
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("lightning", "flax")
 
 
 def _cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
@@ -95,7 +95,7 @@ def assert_one_line_and_exit_2(case: str, side: str, code: int, stderr: str, nee
     assert code == 2, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     lines = stderr.splitlines()
-    if case in ARGPARSE_CASES:  # argparse's usage lines, then its one error line (README: Bad input)
+    if case in ARGPARSE_CASES:  # argparse's usage lines, then its one error line (docs/training.md)
         usage = lines[:-1]
         assert usage and usage[0].startswith(f"usage: python {side}_side/train.py"), stderr[-2000:]
         assert all(line.startswith(" ") for line in usage[1:]), stderr[-2000:]
@@ -133,8 +133,8 @@ def test_the_other_sides_run_given_to_resume_points_to_init_from(tmp_path):
     """A Lightning .ckpt or run folder to the flax side, a flax run folder to the Lightning side:
     the error says that --init-from starts from its weights."""
     from flax_side.checkpoint import CheckpointError, find
-    from harness.config import TrainConfig
-    from lightning_side.train import resume_checkpoint
+    from common.config import TrainConfig
+    from lightning_side.resume import resume_checkpoint
     from lightning_side.weights import WeightsError
 
     lightning_run = tmp_path / "lightning" / "r" / "version_0"

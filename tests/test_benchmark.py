@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness import benchmark
-from harness.benchmark import main
+from harness.benchmark import command
+from harness.benchmark.command import main
 
 pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # they time or read the compiled step
 
@@ -15,18 +15,18 @@ pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # they time or rea
 @pytest.fixture
 def measurements_in_this_process(monkeypatch):
     """The driver's measurements run in this process instead of a fresh one each (a process
-    start costs about 10 s of imports on 2 cores): for the tests of the tables built from them.
+    start costs seconds of imports; see docs/testing.md): for the tests of the tables built from them.
     test_benchmark_prints_every_row runs them as the command does."""
     def in_process(name, args, devices=1, compile=False):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            assert main(benchmark.worker_argv(name, args, devices, compile)) == 0
+            assert main(command.worker_argv(name, args, devices, compile)) == 0
         return json.loads(out.getvalue().strip().splitlines()[-1])
 
-    monkeypatch.setattr(benchmark, "_worker", in_process)
+    monkeypatch.setattr(command, "run_measurement", in_process)
 
 
-@pytest.mark.slow  # the whole benchmark: about 2 minutes on 2 cores
+@pytest.mark.slow  # the whole benchmark (its duration: docs/testing.md)
 def test_benchmark_prints_every_row(capsys):
     # One device (a flax column per device count, built alike); torch.compile is left out of this check.
     assert main(["--steps", "2", "--batch-size", "16", "--devices", "1", "--no-compile"]) == 0

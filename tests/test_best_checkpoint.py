@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.config import parse_config
-from tests.tb import scalars
+from common.config import parse_config
+from tests.helpers.tb import scalars
 
 ARGV = ["--dataset", "digits", "--epochs", "6", "--limit-train-batches", "1", "--batch-size", "32",
         "--limit-val-batches", "1", "--limit-test-batches", "1", "--lr", "0"]

@@ -27,7 +27,7 @@ def test_missing_runs_are_a_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "python lightning_side/train.py" in err[0]
 
 
-# --- Several seeds per side: runs written without training (tests/fake_runs.py) -------------
+# --- Several seeds per side: runs written without training (tests/helpers/fake_runs.py) -------------
 
 def _sections(markdown: str) -> dict[str, str]:
     """recipe id -> its section of the report."""
@@ -42,8 +42,8 @@ def _row(section: str, metric: str) -> list[str]:
 
 def test_runs_of_two_recipes_are_never_pooled(tmp_path, capsys):
     from harness.recipes import recipe_id
-    from harness.config import TrainConfig
-    from tests.fake_runs import fake_run
+    from common.config import TrainConfig
+    from tests.helpers.fake_runs import fake_run
 
     accuracy = {2: 0.90, 3: 0.50}  # recipe by --epochs: far apart, so pooling would show
     for epochs, acc in accuracy.items():
@@ -68,7 +68,7 @@ def test_runs_of_two_recipes_are_never_pooled(tmp_path, capsys):
 
 def test_a_resumed_run_is_one_trial_and_a_rerun_of_a_seed_replaces_it(tmp_path):
     from harness.trials import find_trials
-    from tests.fake_runs import fake_run
+    from tests.helpers.fake_runs import fake_run
 
     fake_run(tmp_path, "flax", "r", 0, test_acc=None, steps=range(0, 6), loss=1.0)
     fake_run(tmp_path, "flax", "r", 1, test_acc=0.8, steps=range(3, 9), loss=2.0, resume="last")
@@ -89,7 +89,7 @@ def test_a_resumed_run_is_one_trial_and_a_rerun_of_a_seed_replaces_it(tmp_path):
 
 
 def test_one_seed_per_side_gives_the_side_by_side_table_and_no_verdict(tmp_path):
-    from tests.fake_runs import fake_run
+    from tests.helpers.fake_runs import fake_run
 
     for side in ("lightning", "flax"):
         fake_run(tmp_path, side, "one", test_acc=0.9)
@@ -100,7 +100,7 @@ def test_one_seed_per_side_gives_the_side_by_side_table_and_no_verdict(tmp_path)
 
 
 def test_a_recipe_run_on_one_side_only_is_named_and_not_compared(tmp_path, capsys):
-    from tests.fake_runs import fake_run
+    from tests.helpers.fake_runs import fake_run
 
     for seed in range(2):
         fake_run(tmp_path, "lightning", f"a{seed}", test_acc=0.9, seed=seed, lr=0.05)

@@ -3,7 +3,7 @@
 
 import pytest
 
-from harness.config import TrainConfig, build_parser, parse_config, save_yaml
+from common.config import TrainConfig, build_parser, parse_config, save_yaml
 
 def test_defaults_reproduce_the_paper_recipe():
     c = parse_config("lightning", [])

@@ -1,6 +1,6 @@
 """A logdir that cannot be written, and a disk that fills during a checkpoint, made for real:
 a small or read-only tmpfs (root only), a file in the folder's place, a folder that denies writing.
-Both train.py end with one line, exit 74 (harness/disk_faults.py), keep their complete checkpoints,
+Both train.py end with one line, exit 74 (common/disk_faults.py), keep their complete checkpoints,
 and continue with --resume last once the run folder is on a disk with room."""
 
 import contextlib
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import parse_config
-from harness import disk_faults
-from harness.disk_faults import EXIT_CODE
-from tests.processes import finish, start_train
-from tests.reference import REFERENCE_ARGV
-from tests.tb import scalars
+from common.config import parse_config
+from common import disk_faults
+from common.errors import EXIT_DISK_FAULT as EXIT_CODE
+from harness.processes import finish, start_train
+from tests.helpers.reference import REFERENCE_ARGV
+from tests.helpers.tb import scalars
+from common.sides import SIDES
 
-SIDES = ("lightning", "flax")
 RUN = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3", "--limit-val-batches", "2",
        "--limit-test-batches", "2", "--log-every", "1", "--run-name", "r"]
 # A tmpfs that holds a run's first complete checkpoint but not its next one: Lightning writes
@@ -74,7 +74,7 @@ def lightning_main_here(argv) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def full_disk_runs(tmp_path_factory) -> dict:
     """Both sides at once, each on a tmpfs too small for its second checkpoint, with the reference
-    run's flags (2 epochs; tests/reference.py): flax as a process (its disk fault ends it with
+    run's flags (2 epochs; tests/helpers/reference.py): flax as a process (its disk fault ends it with
     os._exit, after Orbax's writer threads), Lightning in this process meanwhile. Then each run,
     copied to a disk with room, resumed with --resume last in this process. ("full", side) ->
     CompletedProcess; ("roomy", side) -> the copy's logdir."""
@@ -106,7 +106,7 @@ def full_disk_runs(tmp_path_factory) -> dict:
 @pytest.fixture
 def main_in_process(in_process_main, monkeypatch):
     """side, argv -> main's CompletedProcess, in this process. The flax side's main leaves with
-    os._exit after a disk fault (harness/disk_faults.py: Orbax's writer threads), turned into
+    os._exit after a disk fault (common/disk_faults.py: Orbax's writer threads), turned into
     SystemExit here; these faults come before any save, or after the last one completed."""
     import importlib
 
@@ -159,7 +159,7 @@ def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere
     version = full_disk_runs["roomy", side] / side / "reference" / "version_0"
     checkpoints = version / "checkpoints"
     if side == "lightning":
-        from lightning_side.train import check_resumable
+        from lightning_side.resume import check_resumable
 
         kept = sorted(checkpoints.glob("*.ckpt"))
         assert [p.name for p in kept] == ["best-epoch000-step3.ckpt"], sorted(checkpoints.iterdir())

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.parity import final_weights
-from tests.processes import finish
-from tests.tb import DESIGN_TAGS, first_step, scalars
+from harness.lockstep import final_weights
+from harness.processes import finish
+from tests.helpers.tb import DESIGN_TAGS, first_step, scalars
+from common.sides import SIDES
 
 # Several processes per test: the slow suite. Fast: test_sync_batchnorm.py, test_flax_train.py's two devices.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("lightning", "flax")
 ARGV = ["--dataset", "digits", "--batch-size", "16", "--limit-train-batches", "4",
         "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1", "--epochs", "2",
         "--precision", "64-true"]

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reference import REFERENCE_ARGV
+from tests.helpers.reference import REFERENCE_ARGV
 
 
-# The reference run's flags (tests/reference.py: 2 epochs of 3 steps, checkpoint at step 3), with
+# The reference run's flags (tests/helpers/reference.py: 2 epochs of 3 steps, checkpoint at step 3), with
 # the classifier's bias set to NaN as an epoch starts: the first epoch (nothing saved yet) or the
 # second (after step 3's checkpoint). The loss is NaN from that epoch's first step on, on both
 # sides alike, and the flax steps are the reference run's, which the session has compiled (a
@@ -19,7 +19,7 @@ from tests.reference import REFERENCE_ARGV
 def poisoned_run(side: str, monkeypatch, epoch: int):
     """A function argv -> None that trains `side` in this process with the classifier's bias
     made NaN when `epoch` starts; monkeypatch.undo() gives back the plain run."""
-    from harness.config import parse_config
+    from common.config import parse_config
 
     if side == "lightning":
         import lightning as L
@@ -38,9 +38,9 @@ def poisoned_run(side: str, monkeypatch, epoch: int):
         return lambda argv: lightning_train.train(parse_config("lightning", argv))
     import jax.numpy as jnp
 
-    from flax_side import loop
+    from flax_side import epochs, loop
 
-    real_train_epoch = loop.train_epoch
+    real_train_epoch = epochs.train_epoch
 
     def poisoned_train_epoch(p_train_step, state, *args, **kwargs):
         if kwargs["epoch"] == epoch:
@@ -48,7 +48,7 @@ def poisoned_run(side: str, monkeypatch, epoch: int):
             state = state.replace(params={**state.params, "fc": fc})
         return real_train_epoch(p_train_step, state, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_epoch", poisoned_train_epoch)
+    monkeypatch.setattr(epochs, "train_epoch", poisoned_train_epoch)
     return lambda argv: loop.train_and_evaluate(parse_config("flax", argv))
 
 
@@ -75,7 +75,7 @@ def test_divergence_before_any_checkpoint_says_so_and_saves_nothing(tmp_path, si
 @pytest.mark.parametrize("side", ["lightning", "flax"])
 def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resumes(tmp_path, side,
                                                                                      monkeypatch):
-    from tests.tb import first_step, scalars
+    from tests.helpers.tb import first_step, scalars
 
     argv = [*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"]
     version = tmp_path / side / "reference" / "version_0"
@@ -88,7 +88,7 @@ def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resu
     # It names the checkpoint of step 3, and nothing was saved after the divergence.
     checkpoints = version / "checkpoints"
     if side == "lightning":
-        from lightning_side.train import check_resumable
+        from lightning_side.resume import check_resumable
 
         check_resumable(named)
         assert named.resolve().name == "epoch000-step3.ckpt", named

@@ -16,8 +16,8 @@ from flax_side.models import CifarResNet, create_model
 from flax_side.schedules import create_schedule
 from flax_side.state import create_optimizer, create_train_state, decay_mask, initial_variables
 from flax_side.steps import train_step
-from harness.architectures import CIFAR_ARCHITECTURES
-from harness.config import parse_config
+from common.architectures import CIFAR_ARCHITECTURES
+from common.config import parse_config
 from lightning_side.models import create_model as create_torch_model
 
 

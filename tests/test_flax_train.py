@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from flax_side import checkpoint, loop
+from flax_side import checkpoint, epochs, loop
 from flax_side.convert import torch_to_flax
 from flax_side.loop import train_and_evaluate
 from flax_side.schedules import create_schedule
-from harness.config import parse_config
+from common.config import parse_config
 from lightning_side.models import create_model as create_torch_model
-from tests.tb import first_step, DESIGN_TAGS, scalars
+from tests.helpers.tb import first_step, DESIGN_TAGS, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
@@ -71,14 +71,14 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkey
     # No loader workers in this process: JAX's threads make forking it unsafe (the data is the same).
     argv = [*straight.argv, "--logdir", str(tmp_path), "--run-name", "split", "--num-workers", "0"]
 
-    real_train_epoch = loop.train_epoch
+    real_train_epoch = epochs.train_epoch
 
     def interrupted_after_epoch_0(*args, epoch, **kwargs):
         if epoch == 1:
             raise KeyboardInterrupt
         return real_train_epoch(*args, epoch=epoch, **kwargs)
 
-    monkeypatch.setattr(loop, "train_epoch", interrupted_after_epoch_0)
+    monkeypatch.setattr(epochs, "train_epoch", interrupted_after_epoch_0)
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(parse_config("flax", argv))
     monkeypatch.undo()
@@ -113,9 +113,9 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, monkey
 
 def test_two_devices_train_like_one(float64_lockstep):
     """Data parallel over 2 host devices, against one device: the float64 lockstep's 10 steps
-    (tests/parity.py) to the tolerances that hold the two sides together. A mean of per-device
+    (harness/lockstep.py) to the tolerances that hold the two sides together. A mean of per-device
     gradients or BatchNorm statistics taken over half the batch shows at 1e-3 and more."""
-    from tests.parity import relative_differences
+    from harness.lockstep import relative_differences
 
     diffs = relative_differences(float64_lockstep, ("flax", "flax on 2 devices"))
     assert diffs["train/loss (worst step)"] <= 1e-6, diffs
@@ -136,13 +136,13 @@ def test_init_from_a_torch_state_dict_starts_from_the_converted_weights(tmp_path
     state_dict = create_torch_model("resnet20").state_dict()
     torch.save(state_dict, tmp_path / "weights.pth")
     started = []  # the weights the first epoch starts from (the reference run's flags: compiled)
-    real_train_epoch = loop.train_epoch
+    real_train_epoch = epochs.train_epoch
 
     def train_epoch(p_train_step, state, *args, **kwargs):
         started.append(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
         return real_train_epoch(p_train_step, state, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_epoch", train_epoch)
+    monkeypatch.setattr(epochs, "train_epoch", train_epoch)
     train_and_evaluate(parse_config("flax", [*reference_runs["flax"].argv, "--logdir", str(tmp_path),
                                              "--num-workers", "0", "--init-from", str(tmp_path / "weights.pth")]))
     converted = torch_to_flax(state_dict)

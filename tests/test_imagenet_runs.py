@@ -3,8 +3,8 @@
 import pytest
 
 from harness.photos import make_photo_folder
-from tests.processes import finish, start_train
-from tests.tb import DESIGN_TAGS, scalars
+from harness.processes import finish, start_train
+from tests.helpers.tb import DESIGN_TAGS, scalars
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""harness/interrupt.py: the first Ctrl-C is a request honoured between steps, the second stops at once."""
+"""common/interrupt.py: the first Ctrl-C is a request honoured between steps, the second stops at once."""
 
 import os
 import signal
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness.interrupt import CtrlC
+from common.interrupt import CtrlC
 
 
 def _sigint_and_let_python_handle_it():

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.parity import final_weights
-from tests.processes import finish, start_train
-from tests.tb import first_step, scalars
+from harness.lockstep import final_weights
+from harness.processes import finish, start_train
+from tests.helpers.tb import first_step, scalars
+from common.sides import SIDES
 
 # Real signals to train.py processes and reruns, per side: the slow suite. Fast: the in-process
 # Ctrl-C and resume tests of test_lightning_train.py and test_flax_train.py.
@@ -20,7 +21,6 @@ pytestmark = pytest.mark.slow
 EPOCH, EPOCHS = 10, 3  # steps an epoch; a stop lands a few steps into the epoch after a checkpoint
 ARGV = ["--dataset", "digits", "--epochs", str(EPOCHS), "--limit-train-batches", str(EPOCH), "--batch-size", "32",
         "--limit-val-batches", "1", "--limit-test-batches", "1", "--log-every", "1"]
-SIDES = ("lightning", "flax")
 
 
 def epoch_checkpoint_written(side: str, version: Path, epoch: int) -> bool:
@@ -35,7 +35,7 @@ def checkpoint_step(side: str, version: Path) -> int:
     if side == "lightning":
         import torch
 
-        from lightning_side.train import _newest_first, check_resumable
+        from lightning_side.resume import _newest_first, check_resumable
         from lightning_side.weights import WeightsError
 
         for path in _newest_first(version / "checkpoints"):

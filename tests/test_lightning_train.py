@@ -8,13 +8,13 @@ import lightning as L
 import pytest
 import torch
 
-from harness.config import parse_config
+from common.config import parse_config
 from lightning_side.module import ResNetModule, parameter_groups
 from lightning_side.models import create_model
 from lightning_side.schedules import lr_factor_fn
 from lightning_side.train import lightning_precision, train
-from tests.processes import finish, start_train
-from tests.tb import DESIGN_TAGS, first_step, scalars
+from harness.processes import finish, start_train
+from tests.helpers.tb import DESIGN_TAGS, first_step, scalars
 
 QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
          "--limit-val-batches", "2", "--limit-test-batches", "2", "--num-workers", "2"]
@@ -195,7 +195,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_path, work
 
 
 def test_resume_last_passes_over_a_checkpoint_truncated_by_a_kill(tmp_path, capsys, reference_runs):
-    from lightning_side.train import resume_checkpoint
+    from lightning_side.resume import resume_checkpoint
     checkpoints = reference_runs["lightning"].copy_to(tmp_path) / "checkpoints"
     base = [*reference_runs["lightning"].argv, "--logdir", str(tmp_path)]
     newest = (checkpoints / "last.ckpt").resolve()
@@ -233,7 +233,7 @@ def test_unusable_resume_path_is_a_one_line_error(tmp_path, make, in_process_mai
     assert not (tmp_path / "logs").exists()
 
 
-@pytest.mark.slow  # torch.compile takes about a minute on a 2-core CPU
+@pytest.mark.slow  # torch.compile is slow on a small CPU (see docs/testing.md)
 def test_compiled_module_trains_like_the_eager_one(tmp_path):
     """--compile: the same run, in float64 where the compiled kernels' rounding stays at 1e-12,
     with checkpoints that keep the plain module's keys."""

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import parse_config
+from common.config import parse_config
 from lightning_side.models import create_model
-from tests.parity import final_weights
-from tests.tb import scalars
+from harness.lockstep import final_weights
+from tests.helpers.tb import scalars
 
 STEPS = 3
 # Overflows float16 gradients for certain: every step of the run is skipped, the scale halving each
@@ -26,7 +26,7 @@ def test_both_sides_start_from_the_same_loss_scale():
     assert lightning_train.INITIAL_LOSS_SCALE == flax_state.INITIAL_LOSS_SCALE == 2.0 ** 16
 
 
-@pytest.mark.slow  # float16 on a CPU is slow: about a minute a side on 2 cores
+@pytest.mark.slow  # float16 on a CPU is slow (docs/testing.md)
 def test_forced_overflow_skips_the_same_steps_and_changes_no_weight(tmp_path, monkeypatch):
     from flax_side import state as flax_state
     from flax_side.loop import train_and_evaluate

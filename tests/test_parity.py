@@ -1,8 +1,8 @@
 """The two sides are one experiment: lockstep training from the same weights.
 
 float64 (`--precision 64-true`) keeps rounding near 1e-9 over these steps, while every recipe
-mistake DESIGN.md lists shows at 1e-5 or more; in fp32 only the first step is compared tightly.
-Run by hand with `python -m tests.parity` (see tests/parity.py).
+mistake docs/design.md lists shows at 1e-5 or more; in fp32 only the first step is compared tightly.
+Run by hand with `python -m harness.lockstep` (see harness/lockstep.py).
 """
 
 import os
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.parity import lockstep, relative_differences
+from harness.lockstep import lockstep, relative_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,8 @@ def test_fp32_first_step_agrees(tmp_path):
     assert diffs["weights (global)"] <= 1e-5, diffs
     # The running statistics, through the eval-mode forward pass they feed (per tensor they are
     # checked in float64 above; after one fp32 step a near-zero mean is all rounding). fp32
-    # rounding differs between CPUs: 1.25e-5 on a 2-core Intel Xeon (AVX-512), under 1e-5 on a
-    # Zen 5; the biased-variance trap moves it by 3e-4.
+    # rounding differs between CPUs (figures per CPU: docs/equivalence.md); the biased-variance
+    # trap moves it by 3e-4.
     assert diffs["val/loss"] <= 5e-5, diffs
 
 
@@ -82,7 +82,7 @@ def test_fp32_whole_runs_are_not_found_different(tmp_path):
     from harness.compare import scales
     from harness.trials import find_trials, run_trials
     from harness.verdicts import compare
-    from tests.tb import first_step
+    from tests.helpers.tb import first_step
 
     recipe = ["--dataset", "digits", "--epochs", "2", "--batch-size", "32", "--schedule", "cosine",
               "--warmup-epochs", "1"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flax_side.schedules import create_schedule
-from harness.config import parse_config
+from common.config import parse_config
 from lightning_side.schedules import lr_factor_fn
 
 CASES = [  # (epochs, steps per epoch, warm-up epochs, milestones)

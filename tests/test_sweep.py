@@ -3,10 +3,10 @@ An interrupted sweep that continues: test_parity.py (the sweep end to end)."""
 
 import pytest
 
-from harness.config import TrainConfig
+from common.config import TrainConfig
 from harness.recipes import recipe_id
 from harness.sweep import main
-from tests.fake_runs import fake_run
+from tests.helpers.fake_runs import fake_run
 
 
 def _prefix(**flags) -> str:

@@ -1,4 +1,4 @@
-"""DESIGN.md's tag contract, checked the way a user sees it: through a real TensorBoard server."""
+"""docs/design.md's tag contract, checked the way a user sees it: through a real TensorBoard server."""
 
 import json
 import socket
@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from tests.processes import finish, start_train
-from tests.tb import DESIGN_TAGS
+from harness.processes import finish, start_train
+from tests.helpers.tb import DESIGN_TAGS
 
 RUN = ["--dataset", "digits", "--batch-size", "32", "--epochs", "2", "--limit-train-batches", "3",
        "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "2", "--run-name", "contract"]
@@ -84,9 +84,9 @@ def test_an_epoch_timed_at_zero_seconds_logs_nan_images_per_sec(tmp_path, side, 
     throughput passes over it."""
     import math
 
-    from harness.config import parse_config
+    from common.config import parse_config
     from harness.trials import find_trials
-    from tests.tb import scalars
+    from tests.helpers.tb import scalars
 
     argv = [*reference_runs[side].argv, "--logdir", str(tmp_path), "--num-workers", "0"]
     if side == "lightning":
@@ -96,10 +96,10 @@ def test_an_epoch_timed_at_zero_seconds_logs_nan_images_per_sec(tmp_path, side, 
         monkeypatch.setattr(EpochThroughput, "_now", lambda self, trainer: 0.0)
         train(parse_config(side, argv))
     else:
-        from flax_side import loop
+        from flax_side import epochs, loop
 
-        real_train_epoch = loop.train_epoch
-        monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: (real_train_epoch(*a, **k)[0], 0.0))
+        real_train_epoch = epochs.train_epoch
+        monkeypatch.setattr(epochs, "train_epoch", lambda *a, **k: (real_train_epoch(*a, **k)[0], 0.0))
         loop.train_and_evaluate(parse_config(side, argv))
     logged = scalars(tmp_path / side / "reference" / "version_0")
     assert logged["perf/epoch_seconds"] == [(2, 0.0), (5, 0.0)]

@@ -2,7 +2,7 @@
 
 Each block is relu(conv(x) * s + b + x). Fusion duplicates the cheap element-wise chain of every
 earlier block into each backward fusion, so ms per block grows with depth unless the "fusion"
-pass is off. Run: python harness/examples/xla_cpu_fusion_depth.py (about a minute on 2 cores).
+pass is off. Run: python harness/examples/xla_cpu_fusion_depth.py.
 """
 import time
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from harness.config import TrainConfig
+from common.config import TrainConfig
 
 
 def fake_run(logdir: Path, side: str, run_name: str, version: int = 0, *, test_acc: float | None,

@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 import yaml
 
 from datamodules.names import DATASETS
-from harness.architectures import MODEL_NAMES, default_image_size
+from common.architectures import MODEL_NAMES, default_image_size
 
 MODELS = MODEL_NAMES
 SCHEDULES = ("multistep", "cosine", "onecycle")
@@ -45,7 +44,7 @@ class TrainConfig:
     dataset: str = _flag("data source; 'digits' ships with scikit-learn and needs no network",
                          "cifar10", choices=DATASETS)
     data_dir: str = _flag("where datasets are read from (and CIFAR downloaded to)", "./data")
-    epochs: int = _flag("training epochs (182 epochs of 352 steps = the paper's 64k iterations)", 182)
+    epochs: int = _flag("training epochs (182 epochs of 351 steps = the paper's 64k iterations)", 182)
     batch_size: int = _flag("global training batch size (over all devices)", 128)
     lr: float = _flag("peak learning rate", 0.1)
     momentum: float = _flag("SGD momentum", 0.9)
@@ -69,14 +68,14 @@ class TrainConfig:
                            None)
     devices: int = _flag("devices to train on per node (flax on CPU: host devices)", 1)
     num_nodes: int = _flag("hosts taking part, one training process each on the flax side "
-                           "(Lightning: one per device); see the README's 'Several GPUs and hosts'", 1)
+                           "(Lightning: one per device); see docs/several-gpus.md", 1)
     node_rank: int = _flag("this host's index in 0..NUM_NODES-1 (default: from the environment: "
                            "NODE_RANK / SLURM for Lightning, JAX's cluster detection for flax)", None)
     coordinator_address: str = _flag("HOST:PORT of node 0, where the processes meet (default: from the "
                                      "environment: MASTER_ADDR/MASTER_PORT, JAX_COORDINATOR_ADDRESS)",
                                      None)
     compile: bool = _flag("Lightning: torch.compile the LightningModule (faster steps after a "
-                          "compilation of about 30 s on a small CPU); flax's steps are always "
+                          "compilation that inductor caches after the first run); flax's steps are always "
                           "jit-compiled, so there it changes nothing", False)
     num_workers: int = _flag("data-loading worker processes", 0)
     log_every: int = _flag("write train/* scalars every N optimizer steps", 50)
@@ -239,9 +238,3 @@ def parse_config(side: str, argv: Sequence[str] | None = None,
     if problems:
         parser.error("; ".join(problems))
     return config
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr and a non-zero exit: how every user-fixable error ends a run."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)

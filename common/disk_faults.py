@@ -16,10 +16,6 @@ import sys
 import threading
 from pathlib import Path
 
-# sysexits.h's EX_IOERR: "an error occurred while doing I/O on some file". Bad input exits 2,
-# Ctrl-C 130, a diverged run 2; a disk fault is none of these.
-EXIT_CODE = 74
-
 _CAUSES = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "the disk quota is exceeded",

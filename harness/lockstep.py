@@ -2,8 +2,8 @@
 
 Used by tests/test_parity.py, and by users:
 
-    python -m tests.parity                       # float64, the default recipe, 10 steps
-    python -m tests.parity --precision 32 --steps 1 --label-smoothing 0.1 --schedule cosine
+    python -m harness.lockstep                       # float64, the default recipe, 10 steps
+    python -m harness.lockstep --precision 32 --steps 1 --label-smoothing 0.1 --schedule cosine
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from lightning_side.models import create_model
-from tests.processes import finish, start_train
-from tests.tb import scalars
+from harness.processes import finish, start_train
+from harness.events import scalars
+from common.sides import SIDES
 
-SIDES = ("lightning", "flax")
 
 
 def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",

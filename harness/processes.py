@@ -1,5 +1,5 @@
-"""train.py processes that tests start together (each spends much of its time in imports and
-XLA's compiler) and wait for as one."""
+"""train.py processes started together (each spends much of its time in imports and XLA's
+compiler) and waited for as one: the lockstep runner's and the tests'."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import concurrent.futures
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
+
+from common.sides import train_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def start_train(side: str, argv: list[str], *, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     """`python <side>_side/train.py argv` from the project root, in a session of its own (so that
     finish() can kill it with its loader workers), stderr piped."""
-    return subprocess.Popen([sys.executable, f"{side}_side/train.py", *argv], cwd=ROOT, stdout=stdout,
+    return subprocess.Popen(train_command(side, argv), cwd=ROOT, stdout=stdout,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

@@ -1,0 +1,26 @@
+"""The sides of the harness, where each one's train.py lives, and the folder names they share."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SIDES = ("lightning", "flax")
+
+# Beside each flax checkpoint, a torch copy of its weights: <version>/torch_weights/<step>.pt,
+# which the flax side writes and the Lightning side's --init-from reads.
+TORCH_WEIGHTS = "torch_weights"
+
+_PACKAGES = Path(__file__).resolve().parents[1]
+
+
+def train_script(side: str) -> Path:
+    """The side's train.py, the entry point users run."""
+    if side not in SIDES:
+        raise ValueError(f"unknown side {side!r}; choose one of {', '.join(SIDES)}")
+    return _PACKAGES / f"{side}_side" / "train.py"
+
+
+def train_command(side: str, argv: list[str]) -> list[str]:
+    """The command line that runs the side's train.py with `argv` in this Python."""
+    return [sys.executable, str(train_script(side)), *argv]

@@ -1,6 +1,6 @@
 """Run both train.py files in lockstep from the same weights and collect what they logged and ended with.
 
-Used by tests/test_parity.py, and by users:
+Used by tests/test_lockstep.py, and by users:
 
     python -m harness.lockstep                       # float64, the default recipe, 10 steps
     python -m harness.lockstep --precision 32 --steps 1 --label-smoothing 0.1 --schedule cosine

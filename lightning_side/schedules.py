@@ -1,7 +1,7 @@
 """Learning-rate schedules as `LambdaLR` factors, advanced every optimizer step.
 
 The numbers are optax's (flax_side/schedules.py uses optax's own schedule functions); these are
-the same formulas written for torch, and tests/test_schedules.py compares the two at every step:
+the same formulas written for torch, and tests/test_optimizer.py compares the two at every step:
 
     T = epochs * steps_per_epoch, W = round(warmup_epochs * steps_per_epoch), s = optimizer step
     multistep  linear 0 -> 1 over W steps, then x0.1 at each step round(f * T) for f in milestones

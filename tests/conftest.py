@@ -1,4 +1,5 @@
-"""Settings for the whole test session, and the runs several tests share."""
+"""Settings for the whole test session, and the runs several tests share: the reference runs,
+the float64 lockstep, the stopped and continued sweep."""
 
 import os
 import shutil
@@ -8,8 +9,11 @@ import tempfile
 
 import pytest
 
+from common.sides import SIDES
 from harness.processes import finish, start_train
+from tests.helpers.in_process import run_main
 from tests.helpers.reference import REFERENCE_ARGV, ReferenceRun
+from tests.helpers.sweep import StoppedSweep, stop_then_continue
 
 # XLA's persistent compilation cache, one per session: a flax step compiled once is loaded by
 # every later run of the same step, in this process and in the train.py processes the tests start (they inherit the variable). Set before JAX is first
@@ -20,47 +24,6 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 
 def pytest_unconfigure(config):
     shutil.rmtree(_CACHE, ignore_errors=True)
-
-
-def call_main(main, argv, monkeypatch: pytest.MonkeyPatch) -> int:
-    """main(argv), a train.py's, in this process: the code of the SystemExit it ended in, or 0
-    if it returned. The process-wide hooks with which main quiets a disk fault's reports (common/disk_faults.py)
-    are undone when monkeypatch is."""
-    import logging
-    import threading
-
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
-    for name in ("absl", "asyncio"):
-        logger = logging.getLogger(name)
-        monkeypatch.setattr(logger, "filters", list(logger.filters))
-    # Lightning's loggers print through a StreamHandler bound to the sys.stderr of the moment
-    # Lightning was imported: perhaps an earlier test's capture, closed since.
-    import lightning  # noqa: F401
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler):
-                monkeypatch.setattr(handler, "stream", sys.stderr)
-    try:
-        main(argv)
-    except SystemExit as exit:
-        return exit.code
-    return 0
-
-
-@pytest.fixture
-def in_process_main(monkeypatch, capsys):
-    """Calls a train.py's main(argv) in this process (call_main): its code, stdout and stderr as
-    a CompletedProcess."""
-    def call(main, argv) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        code = call_main(main, argv, monkeypatch)
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out.out, out.err)
-
-    return call
 
 
 @pytest.fixture
@@ -83,7 +46,7 @@ def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
     imports). Read it, or copy_to() a folder of the test's own: never write into it."""
     logdir = tmp_path_factory.mktemp("reference")
     done = finish({side: start_train(side, [*REFERENCE_ARGV, "--logdir", str(logdir)], stdout=subprocess.PIPE)
-                   for side in ("lightning", "flax")})
+                   for side in SIDES})
     for side, run in done.items():
         assert run.returncode == 0, f"the {side} reference run failed: {run.stderr[-3000:]}"
     return {side: ReferenceRun(side, logdir, run.stdout) for side, run in done.items()}
@@ -96,18 +59,25 @@ def float64_lockstep(tmp_path_factory) -> dict:
     the flax side, and the flax side on two host devices. The first two run in this process,
     whose imports are done (a train.py process spends about 10 s of a core on them), while the
     third runs as a process (its host devices must be set before JAX starts)."""
-    import importlib
-
     import jax
 
     from harness.lockstep import lockstep
 
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        def in_this_process(side, argv):
-            return call_main(importlib.import_module(f"{side}_side.train").main, argv, monkeypatch)
+    def in_this_process(side, argv) -> int:
+        done = run_main(side, argv)
+        sys.stderr.write(done.stderr[-4000:] if done.returncode else "")  # lockstep reports the code
+        return done.returncode
 
-        try:
-            return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=8,
-                            flax_devices=(1, 2), in_this_process=in_this_process)
-        finally:
-            jax.config.update("jax_enable_x64", False)  # the flax side's 64-true turned it on
+    try:
+        return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=8,
+                        flax_devices=(1, 2), in_this_process=in_this_process)
+    finally:
+        jax.config.update("jax_enable_x64", False)  # the flax side's 64-true turned it on
+
+
+@pytest.fixture(scope="session")
+def digits_sweep(tmp_path_factory) -> StoppedSweep:
+    """`python -m harness.sweep --seeds 3` of a short digits recipe, stopped by Ctrl-C in its first
+    run's second epoch, then the same command again to the end (tests/helpers/sweep.py): the
+    sweep's own tests (test_sweep.py) and the fp32 whole runs (test_lockstep.py) read it."""
+    return stop_then_continue(tmp_path_factory.mktemp("sweep"))

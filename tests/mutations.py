@@ -34,7 +34,12 @@ class Mutation:
 
 
 MODELS = ("tests/test_models.py", "tests/test_convert.py")
-SCHEDULES = ("tests/test_schedules.py",)
+OPTIMIZER = "tests/test_optimizer.py::"
+SCHEDULES = tuple(OPTIMIZER + test for test in (
+    "test_lightning_and_flax_schedules_agree_at_every_step", "test_lambda_lr_advances_once_per_optimizer_step",
+    "test_schedules_follow_the_shared_definitions",
+    "test_milestones_on_the_same_step_divide_once_each_as_torch_multisteplr_does"))
+ONE_SGD_STEP = OPTIMIZER + "test_one_optimizer_step_equals_torch_sgd_with_decay_on_the_kernels"
 MUTATIONS = (
     Mutation("BatchNorm momentum, Lightning side", "lightning_side/models.py",
              "BN_MOMENTUM = 0.1", "BN_MOMENTUM = 0.9", MODELS),
@@ -52,12 +57,13 @@ MUTATIONS = (
              'dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "normal")', MODELS),
     Mutation("weight decay on every parameter, Lightning side", "lightning_side/module.py",
              'if name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)):', "if True:",
-             ("tests/test_lightning_train.py::test_weight_decay_only_on_conv_and_linear_weights",)),
+             (OPTIMIZER + "test_weight_decay_only_on_conv_and_linear_weights[lightning]",)),
     Mutation("weight decay on every parameter, flax side", "flax_side/state.py",
-             'path[-1].key == "kernel"', "True", ("tests/test_flax_steps.py",)),
+             'path[-1].key == "kernel"', "True",
+             (OPTIMIZER + "test_weight_decay_only_on_conv_and_linear_weights[flax]", ONE_SGD_STEP)),
     Mutation("Nesterov off, flax side", "flax_side/state.py",
              "momentum=momentum, nesterov=nesterov),", "momentum=momentum, nesterov=False),",
-             ("tests/test_flax_steps.py",)),
+             (ONE_SGD_STEP,)),
     Mutation("multistep boundary one step late, Lightning side", "lightning_side/schedules.py",
              "return 0.1 ** sum(step >= b for b in boundaries)", "return 0.1 ** sum(step > b for b in boundaries)",
              SCHEDULES),

@@ -10,6 +10,7 @@ from PIL import Image
 
 from harness.processes import finish
 from common.sides import SIDES
+from tests.helpers.in_process import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,40 +118,11 @@ def test_bad_input_is_one_line_and_exit_2(outcomes, case, side):
 
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("case", ALL_CASES)
-def test_bad_input_in_process_is_one_line_and_exit_2(tmp_path, case, side, in_process_main, monkeypatch):
-    import importlib
-
+def test_bad_input_in_process_is_one_line_and_exit_2(tmp_path, case, side, monkeypatch):
     import torchvision
 
     argv, needle = _cases(tmp_path)[case]
     logdir = tmp_path / "logs"
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", _closed_port_url())  # as OFFLINE does
-    done = in_process_main(importlib.import_module(f"{side}_side.train").main, [*argv, "--logdir", str(logdir)])
+    done = run_main(side, [*argv, "--logdir", str(logdir)])
     assert_one_line_and_exit_2(case, side, done.returncode, done.stderr, needle, logdir)
-
-
-def test_the_other_sides_run_given_to_resume_points_to_init_from(tmp_path):
-    """A Lightning .ckpt or run folder to the flax side, a flax run folder to the Lightning side:
-    the error says that --init-from starts from its weights."""
-    from flax_side.checkpoint import CheckpointError, find
-    from common.config import TrainConfig
-    from lightning_side.resume import resume_checkpoint
-    from lightning_side.weights import WeightsError
-
-    lightning_run = tmp_path / "lightning" / "r" / "version_0"
-    (lightning_run / "checkpoints").mkdir(parents=True)
-    (lightning_run / "checkpoints" / "last.ckpt").write_bytes(b"a Lightning checkpoint")
-    for given in (lightning_run / "checkpoints" / "last.ckpt", lightning_run):
-        with pytest.raises(CheckpointError, match="give it to --init-from"):
-            find(str(given), tmp_path, "r")
-    flax_run = tmp_path / "flax" / "r" / "version_0"
-    (flax_run / "checkpoints" / "3" / "state").mkdir(parents=True)
-    (flax_run / "torch_weights").mkdir()
-    for given in (flax_run, flax_run / "checkpoints", flax_run / "checkpoints" / "3"):
-        with pytest.raises(WeightsError, match="give it to --init-from"):
-            resume_checkpoint(TrainConfig(resume=str(given), logdir=str(tmp_path)))
-    # A folder of neither side gets no such hint.
-    (tmp_path / "other").mkdir()
-    with pytest.raises(WeightsError) as err:
-        resume_checkpoint(TrainConfig(resume=str(tmp_path / "other"), logdir=str(tmp_path)))
-    assert "--init-from" not in str(err.value)

@@ -8,15 +8,84 @@ val/acc ties by itself. Flax: the reference run's steps (a flax step compiles fo
 """
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-import torch
+import pytest
 
-from common.config import parse_config
+from common.sides import SIDES
+from tests.helpers.checkpoints import flat, model_weights
+from tests.helpers.in_process import run_main
 from tests.helpers.tb import scalars
 
-ARGV = ["--dataset", "digits", "--epochs", "6", "--limit-train-batches", "1", "--batch-size", "32",
-        "--limit-val-batches", "1", "--limit-test-batches", "1", "--lr", "0"]
+LIGHTNING_ARGV = ["--dataset", "digits", "--epochs", "6", "--limit-train-batches", "1", "--batch-size", "32",
+                  "--limit-val-batches", "1", "--limit-test-batches", "1", "--lr", "0"]
+
+
+class Run(NamedTuple):
+    version: Path
+    tested: dict  # the weights the test split was evaluated with, as tests/helpers/checkpoints.py names them
+    last: dict  # the weights the run ended with (on the flax side its params)
+    warnings: list[str]  # the lines of stderr that start with "warning:"
+
+
+def weights_tested_by_lightning():
+    """A Lightning callback that keeps the weights trainer.test() starts with, as numpy."""
+    import lightning as L
+
+    class TestedWeights(L.Callback):
+        def on_test_start(self, trainer, pl_module):
+            self.state = {k: v.detach().clone().numpy() for k, v in pl_module.model.state_dict().items()}
+
+    return TestedWeights()
+
+
+def ended_well(done):
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def warnings(done) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+
+
+def evaluated_by_flax(monkeypatch, val_acc: list[float]) -> list[dict]:
+    """The weights of each of the flax loop's evaluations (the validations, then the test split),
+    its first val/acc replaced by `val_acc`."""
+    import jax
+
+    from flax_side import loop
+
+    real_evaluate, evaluated = loop.evaluate, []
+
+    def evaluate(p_eval_step, state, loader, **kwargs):
+        evaluated.append(flat(jax.device_get({"params": state.params, "batch_stats": state.batch_stats})))
+        result = real_evaluate(p_eval_step, state, loader, **kwargs)
+        return {**result, "acc": val_acc[len(evaluated) - 1]} if len(evaluated) <= len(val_acc) else result
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    return evaluated
+
+
+def final_params(done) -> dict:
+    import jax
+
+    return flat(jax.device_get({"params": done.returned.params}))
+
+
+def six_one_step_epochs(side: str, logdir: Path, monkeypatch, reference_runs) -> Run:
+    if side == "lightning":
+        tested = weights_tested_by_lightning()
+        done = ended_well(run_main(side, LIGHTNING_ARGV + ["--logdir", str(logdir)], callbacks=[tested]))
+        version = logdir / "lightning" / "resnet20-digits" / "version_0"
+        return Run(version, tested.state, model_weights(side, version / "checkpoints" / "last.ckpt"), warnings(done))
+    # The reference run's 6 steps of its LR schedule (cosine, 3 of warm-up), one an epoch.
+    argv = [*reference_runs["flax"].argv, "--epochs", "6", "--limit-train-batches", "1", "--warmup-epochs", "3",
+            "--logdir", str(logdir), "--num-workers", "0"]
+    evaluated = evaluated_by_flax(monkeypatch, [0.25, 0.75, 0.75, 0.5, 0.5, 0.5])  # best after epochs 1 and 2
+    done = ended_well(run_main(side, argv))
+    assert len(evaluated) == 7  # six validations, then the test split
+    return Run(logdir / "flax" / "reference" / "version_0", evaluated[-1], final_params(done), warnings(done))
 
 
 def earliest_best(version: Path) -> int:
@@ -29,129 +98,93 @@ def earliest_best(version: Path) -> int:
     return tied[0] + 1
 
 
-def test_lightning_keeps_the_last_three_and_the_earliest_best_and_tests_the_best(tmp_path):
+def kept(side: str, version: Path) -> list[str]:
+    """The checkpoints a version folder holds: Lightning's files; flax's complete steps, and the
+    torch copy beside each."""
+    checkpoints = version / "checkpoints"
+    if side == "lightning":
+        return sorted(p.name for p in checkpoints.iterdir())
+    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert sorted(int(p.stem) for p in (version / "torch_weights").glob("*.pt")) == steps
+    return [str(step) for step in steps]
+
+
+def best_checkpoint(side: str, version: Path, best: int) -> Path:
+    if side == "lightning":
+        return version / "checkpoints" / f"best-epoch{best - 1:03d}-step{best}.ckpt"
+    return version / "checkpoints" / str(best)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_six_epochs_keep_the_last_three_and_the_earliest_best_and_test_the_best(tmp_path, side, monkeypatch,
+                                                                               reference_runs):
     """Six epochs leave the last 3 epoch checkpoints and the best one, no more; a tie for the
     best keeps the earlier checkpoint; the test split is evaluated with its weights."""
-    import lightning as L
-
-    from lightning_side.train import train
-
-    class TestedWeights(L.Callback):
-        def on_test_start(self, trainer, pl_module):
-            self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
-
-    tested = TestedWeights()
-    train(parse_config("lightning", ARGV + ["--logdir", str(tmp_path)]), callbacks=[tested])
-    version = tmp_path / "lightning" / "resnet20-digits" / "version_0"
-    best = earliest_best(version)
+    run = six_one_step_epochs(side, tmp_path, monkeypatch, reference_runs)
+    best = earliest_best(run.version)
     assert best < 4  # so the best is not one of the last three anyway
-    files = sorted(p.name for p in (version / "checkpoints").iterdir())
-    assert files == [f"best-epoch{best - 1:03d}-step{best}.ckpt", "epoch003-step4.ckpt",
-                     "epoch004-step5.ckpt", "epoch005-step6.ckpt", "last.ckpt"], files
+    if side == "flax":
+        assert best == 2  # the val/acc it was given
+    others = {"lightning": ["epoch003-step4.ckpt", "epoch004-step5.ckpt", "epoch005-step6.ckpt", "last.ckpt"],
+              "flax": ["4", "5", "6"]}[side]
+    assert kept(side, run.version) == [best_checkpoint(side, run.version, best).name, *others]
 
-    def weights(name):
-        state = torch.load(version / "checkpoints" / name, map_location="cpu", weights_only=True)["state_dict"]
-        return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-
-    from_best, from_last = weights(f"best-epoch{best - 1:03d}-step{best}.ckpt"), weights("last.ckpt")
-    assert any(not torch.equal(from_best[k], from_last[k]) for k in from_best)  # the two can be told apart
+    from_best = model_weights(side, best_checkpoint(side, run.version, best))
+    assert any(not np.array_equal(from_best[k], run.last[k]) for k in run.last)  # the two can be told apart
+    assert run.tested.keys() == from_best.keys()
     for key, value in from_best.items():
-        assert torch.equal(tested.state[key], value), key
+        np.testing.assert_array_equal(run.tested[key], value, err_msg=key)
 
 
-def test_flax_keeps_the_last_three_and_the_earliest_best_and_tests_the_best(tmp_path, monkeypatch, reference_runs):
-    import jax
+def damaged_best_then_tested(side: str, logdir: Path, monkeypatch, reference_runs) -> tuple[Run, Path]:
+    """The reference run's flags, the best checkpoint cut short on disk just before the test split
+    reads it: the run, and the best checkpoint. Flax: val/acc made to fall after the first epoch,
+    so that the best (step 3) is not the final state."""
+    argv = [*reference_runs[side].argv, "--logdir", str(logdir), "--num-workers", "0"]
+    version = logdir / side / "reference" / "version_0"
+    if side == "lightning":
+        import lightning as L
 
-    from flax_side import loop
-    from flax_side.checkpoint import _flax_variables
+        class DamageTheBest(L.Callback):
+            def on_fit_end(self, trainer, pl_module):
+                self.best = Path(trainer.checkpoint_callback.best_model_path)
+                self.best.write_bytes(self.best.read_bytes()[:1000])
 
-    # The reference run's 6 steps of its LR schedule (cosine, 3 of warm-up), one an epoch.
-    argv = [*reference_runs["flax"].argv, "--epochs", "6", "--limit-train-batches", "1", "--warmup-epochs", "3",
-            "--logdir", str(tmp_path), "--num-workers", "0"]
-    val_acc = [0.25, 0.75, 0.75, 0.5, 0.5, 0.5]  # the best after epochs 1 and 2 (steps 2 and 3)
-    evaluated = []  # the weights of each call: six validations, then the test split
-    real_evaluate = loop.evaluate
+        damage, tested = DamageTheBest(), weights_tested_by_lightning()
+        done = ended_well(run_main(side, argv, callbacks=[damage, tested]))
+        last = model_weights(side, version / "checkpoints" / "last.ckpt")
+        return Run(version, tested.state, last, warnings(done)), damage.best
+    from flax_side import checkpoint
 
-    def evaluate(p_eval_step, state, loader, **kwargs):
-        evaluated.append(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))
-        result = real_evaluate(p_eval_step, state, loader, **kwargs)
-        return {**result, "acc": val_acc[len(evaluated) - 1]} if len(evaluated) <= len(val_acc) else result
-
-    monkeypatch.setattr(loop, "evaluate", evaluate)
-    final = loop.train_and_evaluate(parse_config("flax", argv))
-    version = tmp_path / "flax" / "reference" / "version_0"
-    best = earliest_best(version)
-    assert best == 2
-    steps = sorted(int(p.name) for p in (version / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [best, 4, 5, 6], steps
-    assert sorted(int(p.stem) for p in (version / "torch_weights").glob("*.pt")) == steps
-
-    from_best = _flax_variables(version / "checkpoints" / str(best))
-    leaves = lambda tree: jax.tree.leaves(jax.device_get(tree))  # noqa: E731
-    assert any(not np.array_equal(a, b) for a, b in zip(leaves(from_best["params"]), leaves(final.params)))
-    assert len(evaluated) == 7
-    for a, b in zip(leaves(evaluated[-1]), leaves(from_best)):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_lightning_tests_the_last_weights_with_a_warning_when_the_best_cannot_be_read(tmp_path, capsys,
-                                                                                     reference_runs):
-    """The best checkpoint damaged on disk by the time the test split runs (a file cut short):
-    one warning line names it, and the test split is evaluated with last.ckpt's weights."""
-    import lightning as L
-
-    from lightning_side.train import train
-
-    class DamageTheBestThenRecordTestedWeights(L.Callback):
-        def on_fit_end(self, trainer, pl_module):
-            self.best = Path(trainer.checkpoint_callback.best_model_path)
-            self.best.write_bytes(self.best.read_bytes()[:1000])
-
-        def on_test_start(self, trainer, pl_module):
-            self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
-
-    spy = DamageTheBestThenRecordTestedWeights()
-    capsys.readouterr()
-    train(parse_config("lightning", [*reference_runs["lightning"].argv, "--logdir", str(tmp_path),
-                                     "--num-workers", "0"]), callbacks=[spy])
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and str(spy.best) in warnings[0] and "cannot be read" in warnings[0], warnings
-    last = tmp_path / "lightning" / "reference" / "version_0" / "checkpoints" / "last.ckpt"
-    assert warnings[0].endswith(f"evaluated with {last.resolve()}") or warnings[0].endswith(f"evaluated with {last}")
-    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
-    for key, value in spy.state.items():
-        assert torch.equal(value, state[f"model.{key}"]), key
-
-
-def test_flax_tests_the_final_weights_with_a_warning_when_the_best_cannot_be_read(tmp_path, capsys, monkeypatch,
-                                                                                 reference_runs):
-    """The same on the flax side. val/acc is made to fall after the first epoch, so that the best
-    checkpoint (step 3) is not the final state; its files are cut short just before it is read."""
-    import jax
-
-    from flax_side import checkpoint, loop
-
-    real_evaluate, real_restore = loop.evaluate, checkpoint.restore
-    evaluated = []  # the weights of each call: two validations, then the test split
-
-    def evaluate(p_eval_step, state, loader, **kwargs):
-        evaluated.append(jax.device_get(state.params))
-        result = real_evaluate(p_eval_step, state, loader, **kwargs)
-        return {**result, "acc": 1.0 / len(evaluated)} if len(evaluated) <= 2 else result
+    evaluated = evaluated_by_flax(monkeypatch, [1.0, 0.5])
+    real_restore, damaged = checkpoint.restore, []
 
     def restore(directory, step, *args):
-        for data in (Path(directory) / str(step) / "state").rglob("d/*"):
+        damaged.append(Path(directory) / str(step))
+        for data in (damaged[-1] / "state").rglob("d/*"):
             data.write_bytes(data.read_bytes()[:16])
         return real_restore(directory, step, *args)
 
-    monkeypatch.setattr(loop, "evaluate", evaluate)
     monkeypatch.setattr(checkpoint, "restore", restore)
-    capsys.readouterr()
-    final = loop.train_and_evaluate(parse_config("flax", [*reference_runs["flax"].argv, "--logdir", str(tmp_path),
-                                                          "--num-workers", "0"]))
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "the best checkpoint cannot be read" in warnings[0], warnings
-    assert warnings[0].endswith("the test split is evaluated with the final weights, of step 6")
-    assert len(evaluated) == 3
-    for a, b in zip(jax.tree.leaves(evaluated[-1]), jax.tree.leaves(jax.device_get(final.params))):
-        np.testing.assert_array_equal(a, b)
+    done = ended_well(run_main(side, argv))
+    assert len(evaluated) == 3  # two validations, then the test split
+    tested = {k: v for k, v in evaluated[-1].items() if k.startswith("params/")}
+    return Run(version, tested, final_params(done), warnings(done)), damaged[0]
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_an_unreadable_best_checkpoint_is_named_and_the_test_split_sees_the_last_weights(tmp_path, side,
+                                                                                        monkeypatch,
+                                                                                        reference_runs):
+    """The best checkpoint damaged on disk by the time the test split runs (a file cut short):
+    one warning line names it, and the test split is evaluated with the weights the run ended with."""
+    run, best = damaged_best_then_tested(side, tmp_path, monkeypatch, reference_runs)
+    assert len(run.warnings) == 1 and "the best checkpoint cannot be read" in run.warnings[0], run.warnings
+    assert str(best) in run.warnings[0], run.warnings[0]
+    last = run.version / "checkpoints" / "last.ckpt"
+    ends = {"lightning": (f"evaluated with {last.resolve()}", f"evaluated with {last}"),
+            "flax": ("the test split is evaluated with the final weights, of step 6",)}[side]
+    assert run.warnings[0].endswith(ends), run.warnings[0]
+    assert run.tested.keys() == run.last.keys()
+    for key, value in run.last.items():
+        np.testing.assert_array_equal(run.tested[key], value, err_msg=key)

@@ -4,6 +4,8 @@
 import pytest
 
 from common.config import TrainConfig, build_parser, parse_config, save_yaml
+from common.sides import SIDES
+from tests.helpers.in_process import run_main
 
 def test_defaults_reproduce_the_paper_recipe():
     c = parse_config("lightning", [])
@@ -71,13 +73,10 @@ def test_malformed_and_unknown_yaml_keys(tmp_path, capsys):
         assert needle in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("side", ["lightning", "flax"])
-def test_train_py_help_lists_the_flags(side, in_process_main):
+@pytest.mark.parametrize("side", SIDES)
+def test_train_py_help_lists_the_flags(side):
     """(Both files run as scripts in the reference runs, tests/conftest.py.)"""
-    import importlib
-
-    main = importlib.import_module(f"{side}_side.train").main
-    done = in_process_main(main, ["--help"])
+    done = run_main(side, ["--help"])
     out = done.stdout
     assert done.returncode == 0
     assert out.startswith(f"usage: python {side}_side/train.py")

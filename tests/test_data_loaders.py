@@ -68,6 +68,18 @@ def test_torch_batch_is_channels_last_view(dm):
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_the_lightning_module_normalises_uint8_on_the_device():
+    """The loaders' uint8 batches are normalised in the module's forward, on the device."""
+    from lightning_side.module import ResNetModule
+
+    module = ResNetModule(mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0))
+    images = torch.full((1, 3, 32, 32), 40, dtype=torch.uint8)
+    seen = {}
+    module.model.forward = lambda x: seen.setdefault("x", x)
+    module(images)
+    assert torch.allclose(seen["x"][0, :, 0, 0], torch.tensor([15.0, 5.0, 2.0]))
+
+
 def test_train_batches_follow_the_documented_recipe():
     # The cross-framework contract, spelled out: perm from [seed, epoch], aug rng from [seed, epoch, i].
     dm = _dm("synthetic", seed=5, batch_size=32, synthetic_train_size=300, synthetic_test_size=40)

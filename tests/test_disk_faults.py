@@ -4,20 +4,18 @@ Both train.py end with one line, exit 74 (common/disk_faults.py), keep their com
 and continue with --resume last once the run folder is on a disk with room."""
 
 import contextlib
-import io
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from common.config import parse_config
 from common import disk_faults
 from common.errors import EXIT_DISK_FAULT as EXIT_CODE
 from harness.processes import finish, start_train
+from tests.helpers.in_process import run_main
 from tests.helpers.reference import REFERENCE_ARGV
 from tests.helpers.tb import scalars
 from common.sides import SIDES
@@ -60,17 +58,6 @@ def assert_one_line_disk_fault(out, *needles):
     return errors[0]
 
 
-def lightning_main_here(argv) -> subprocess.CompletedProcess:
-    """Lightning's main(argv) in this process, its output captured: as a process would end."""
-    from lightning_side.train import main
-    from tests.conftest import call_main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = call_main(main, argv, monkeypatch)
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def full_disk_runs(tmp_path_factory) -> dict:
     """Both sides at once, each on a tmpfs too small for its second checkpoint, with the reference
@@ -83,7 +70,7 @@ def full_disk_runs(tmp_path_factory) -> dict:
         small = {side: mounts.enter_context(tmpfs(tmp / f"small-{side}", TOO_SMALL[side])) for side in SIDES}
         flax = start_train("flax", [*REFERENCE_ARGV, "--logdir", str(small["flax"] / "logs")])
         try:
-            lightning = lightning_main_here([*REFERENCE_ARGV, "--logdir", str(small["lightning"] / "logs")])
+            lightning = run_main("lightning", [*REFERENCE_ARGV, "--logdir", str(small["lightning"] / "logs")])
         finally:
             done = finish({("full", "flax"): flax})
         done["full", "lightning"] = lightning
@@ -91,46 +78,32 @@ def full_disk_runs(tmp_path_factory) -> dict:
             shutil.copytree(tmp / f"small-{side}" / "logs", tmp / f"roomy-{side}", symlinks=True)
             done["roomy", side] = tmp / f"roomy-{side}"
     for side in SIDES:  # in this process: the steps are compiled already, the imports done
-        argv = [*REFERENCE_ARGV, "--logdir", str(done["roomy", side]), "--resume", "last", "--num-workers", "0"]
-        if side == "lightning":
-            from lightning_side.train import train
-
-            train(parse_config(side, argv))
-        else:
-            from flax_side.loop import train_and_evaluate
-
-            train_and_evaluate(parse_config(side, argv))
+        resumed = run_main(side, [*REFERENCE_ARGV, "--logdir", str(done["roomy", side]), "--resume", "last",
+                                  "--num-workers", "0"])
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
     return done
 
 
-@pytest.fixture
-def main_in_process(in_process_main, monkeypatch):
-    """side, argv -> main's CompletedProcess, in this process. The flax side's main leaves with
-    os._exit after a disk fault (common/disk_faults.py: Orbax's writer threads), turned into
-    SystemExit here; these faults come before any save, or after the last one completed."""
-    import importlib
-
-    monkeypatch.setattr(os, "_exit", sys.exit)
-    return lambda side, argv: in_process_main(importlib.import_module(f"{side}_side.train").main, argv)
-
-
+# The runs below end in this process, where the flax side's os._exit after a disk fault is a
+# SystemExit (tests/helpers/in_process.py): their faults come before any save, or after the last
+# one completed, with no Orbax writer thread left to report them again.
 @pytest.mark.parametrize("side", SIDES)
-def test_a_read_only_logdir_is_one_line(tmp_path, side, main_in_process):
+def test_a_read_only_logdir_is_one_line(tmp_path, side):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
-        done = main_in_process(side, [*RUN, "--epochs", "1", "--logdir", str(disk / "logs")])
+        done = run_main(side, [*RUN, "--epochs", "1", "--logdir", str(disk / "logs")])
         assert_one_line_disk_fault(done, str(disk / "logs"), "read-only", "another --logdir")
 
 
 @pytest.mark.parametrize("side", SIDES)
-def test_a_file_where_the_logdir_should_be_is_one_line(tmp_path, side, main_in_process):
+def test_a_file_where_the_logdir_should_be_is_one_line(tmp_path, side):
     (tmp_path / "logs").write_text("a user's file, not a folder")
-    done = main_in_process(side, [*RUN, "--epochs", "1", "--logdir", str(tmp_path / "logs")])
+    done = run_main(side, [*RUN, "--epochs", "1", "--logdir", str(tmp_path / "logs")])
     assert_one_line_disk_fault(done, str(tmp_path / "logs"), "a file stands where a folder should be")
     assert (tmp_path / "logs").read_text() == "a user's file, not a folder"
 
 
 @pytest.mark.parametrize("side", SIDES)
-def test_a_logdir_without_write_permission_is_one_line(tmp_path, side, main_in_process):
+def test_a_logdir_without_write_permission_is_one_line(tmp_path, side):
     logdir = tmp_path / "locked"
     logdir.mkdir()
     if os.geteuid() == 0:  # root writes through any mode bits, not through the immutable flag
@@ -142,7 +115,7 @@ def test_a_logdir_without_write_permission_is_one_line(tmp_path, side, main_in_p
     else:
         logdir.chmod(0o555)
     try:
-        done = main_in_process(side, [*RUN, "--epochs", "1", "--logdir", str(logdir)])
+        done = run_main(side, [*RUN, "--epochs", "1", "--logdir", str(logdir)])
     finally:
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(logdir)], capture_output=True)
@@ -177,7 +150,7 @@ def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere
 
 
 @pytest.mark.parametrize("side", SIDES)
-def test_a_logdir_that_vanishes_mid_run_is_one_line(tmp_path, side, main_in_process, monkeypatch):
+def test_a_logdir_that_vanishes_mid_run_is_one_line(tmp_path, side, monkeypatch):
     """The run folder deleted once the first epoch's checkpoint is complete, before the second
     epoch's end is checked: the run stops there with one line, instead of writing on into a
     folder it makes again. (The reference run's flags: its compiled flax steps are cached.)"""
@@ -197,7 +170,7 @@ def test_a_logdir_that_vanishes_mid_run_is_one_line(tmp_path, side, main_in_proc
         return real_check(folder)
 
     monkeypatch.setattr(disk_faults.RunFolder, "check", deleted_before_the_second_check)
-    done = main_in_process(side, [*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"])
+    done = run_main(side, [*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"])
     assert checked == [version, version]
     assert_one_line_disk_fault(done, str(version), "vanished", "another --logdir")
     assert not version.exists() or not any(version.rglob("*.ckpt"))

@@ -5,27 +5,27 @@ from pathlib import Path
 
 import pytest
 
+from common.sides import SIDES
+from tests.helpers.in_process import run_main
 from tests.helpers.reference import REFERENCE_ARGV
-
+from tests.helpers.tb import first_step, scalars
 
 # The reference run's flags (tests/helpers/reference.py: 2 epochs of 3 steps, checkpoint at step 3), with
 # the classifier's bias set to NaN as an epoch starts: the first epoch (nothing saved yet) or the
 # second (after step 3's checkpoint). The loss is NaN from that epoch's first step on, on both
 # sides alike, and the flax steps are the reference run's, which the session has compiled (a
 # diverging LR schedule would compile steps of its own). A real --lr 1e8 in train.py processes:
-# tests/test_distributed.py, on every rank.
+# tests/test_several_devices.py, on every rank.
+ARGV = [*REFERENCE_ARGV, "--num-workers", "0"]
 
 
-def poisoned_run(side: str, monkeypatch, epoch: int):
-    """A function argv -> None that trains `side` in this process with the classifier's bias
-    made NaN when `epoch` starts; monkeypatch.undo() gives back the plain run."""
-    from common.config import parse_config
-
+def poison_the_classifier(side: str, monkeypatch, epoch: int) -> list:
+    """The classifier's bias made NaN when `epoch` starts, in the next run of `side` in this
+    process: the Lightning callbacks that do it, or none where the flax loop is patched
+    (monkeypatch.undo() gives back the plain run)."""
     if side == "lightning":
         import lightning as L
         import torch
-
-        from lightning_side import train as lightning_train
 
         class PoisonTheClassifier(L.Callback):
             def on_train_epoch_start(self, trainer, pl_module):
@@ -33,12 +33,10 @@ def poisoned_run(side: str, monkeypatch, epoch: int):
                     with torch.no_grad():
                         pl_module.model.fc.bias.fill_(float("nan"))
 
-        real_train = lightning_train.train
-        monkeypatch.setattr(lightning_train, "train", lambda config: real_train(config, callbacks=[PoisonTheClassifier()]))
-        return lambda argv: lightning_train.train(parse_config("lightning", argv))
+        return [PoisonTheClassifier()]
     import jax.numpy as jnp
 
-    from flax_side import epochs, loop
+    from flax_side import epochs
 
     real_train_epoch = epochs.train_epoch
 
@@ -49,40 +47,32 @@ def poisoned_run(side: str, monkeypatch, epoch: int):
         return real_train_epoch(p_train_step, state, *args, **kwargs)
 
     monkeypatch.setattr(epochs, "train_epoch", poisoned_train_epoch)
-    return lambda argv: loop.train_and_evaluate(parse_config("flax", argv))
+    return []
 
 
-def training_error(side: str):
-    if side == "lightning":
-        from lightning_side.callbacks import TrainingError
-    else:
-        from flax_side.loop import TrainingError
-    return TrainingError
+def divergence_error(done) -> str:
+    """The one error line a diverged run ends with (exit 2, as for bad input), without its "error: "."""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return errors[0][len("error: "):]
 
 
-@pytest.mark.parametrize("side", ["lightning", "flax"])
+@pytest.mark.parametrize("side", SIDES)
 def test_divergence_before_any_checkpoint_says_so_and_saves_nothing(tmp_path, side, monkeypatch):
-    run = poisoned_run(side, monkeypatch, epoch=0)
-    with pytest.raises(training_error(side)) as err:
-        run([*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"])
-    message = str(err.value)
+    done = run_main(side, [*ARGV, "--logdir", str(tmp_path)], callbacks=poison_the_classifier(side, monkeypatch, 0))
+    message = divergence_error(done)
     assert "\n" not in message and message.startswith("train/loss is nan at step 0: training diverged"), message
     assert "no checkpoint had been written yet" in message and "--lr" in message
     checkpoints = tmp_path / side / "reference" / "version_0" / "checkpoints"
     assert not checkpoints.exists() or not any(checkpoints.iterdir())
 
 
-@pytest.mark.parametrize("side", ["lightning", "flax"])
+@pytest.mark.parametrize("side", SIDES)
 def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resumes(tmp_path, side,
                                                                                      monkeypatch):
-    from tests.helpers.tb import first_step, scalars
-
-    argv = [*REFERENCE_ARGV, "--logdir", str(tmp_path), "--num-workers", "0"]
+    argv = [*ARGV, "--logdir", str(tmp_path)]
     version = tmp_path / side / "reference" / "version_0"
-    run = poisoned_run(side, monkeypatch, epoch=1)
-    with pytest.raises(training_error(side)) as err:
-        run(argv)
-    message = str(err.value)
+    message = divergence_error(run_main(side, argv, callbacks=poison_the_classifier(side, monkeypatch, 1)))
     assert "\n" not in message and message.startswith("train/loss is nan at step 3: training diverged"), message
     named = Path(re.search(r"last good checkpoint is (\S+)", message).group(1))
     # It names the checkpoint of step 3, and nothing was saved after the divergence.
@@ -100,6 +90,7 @@ def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resu
         assert sorted(p.name for p in (version / "torch_weights").iterdir()) == ["3.pt"]
     assert max(step for step, _ in scalars(version)["val/acc"]) < 3  # nothing logged after it
     monkeypatch.undo()
-    run(argv + ["--resume", "last"])  # unpoisoned: it goes on from step 3 to the end
+    done = run_main(side, argv + ["--resume", "last"])  # unpoisoned: it goes on from step 3 to the end
+    assert done.returncode == 0, done.stderr[-3000:]
     resumed = version.parent / "version_1"
     assert first_step(resumed) == 3 and [s for s, _ in scalars(resumed)["test/acc"]] == [6]

@@ -1,14 +1,24 @@
-"""16-mixed with overflow forced on both sides: the skipped steps are counted, leave the weights
-and the optimizer state as they were, and are the same steps on both sides."""
+"""Loss scaling under 16-mixed: both sides start from torch's scale, grow and back off on the same
+steps, and skip a step whose gradients overflow, counting it and leaving the weights and the
+optimizer state as they were; with overflow forced, the same steps on both sides."""
+
+import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
-from common.config import parse_config
-from lightning_side.models import create_model
+from common.architectures import CIFAR_ARCHITECTURES
+from common.sides import SIDES
+from flax_side.models import CifarResNet, create_model as create_flax_model
+from flax_side.state import create_train_state, initial_variables
+from flax_side.steps import train_step
 from harness.lockstep import final_weights
+from lightning_side.models import create_model
+from tests.helpers.in_process import run_main
 from tests.helpers.tb import scalars
 
 STEPS = 3
@@ -29,7 +39,6 @@ def test_both_sides_start_from_the_same_loss_scale():
 @pytest.mark.slow  # float16 on a CPU is slow (docs/testing.md)
 def test_forced_overflow_skips_the_same_steps_and_changes_no_weight(tmp_path, monkeypatch):
     from flax_side import state as flax_state
-    from flax_side.loop import train_and_evaluate
     from lightning_side import train as lightning_train
 
     monkeypatch.setattr(lightning_train, "INITIAL_LOSS_SCALE", FORCED_SCALE)
@@ -40,11 +49,12 @@ def test_forced_overflow_skips_the_same_steps_and_changes_no_weight(tmp_path, mo
     argv = ["--dataset", "digits", "--epochs", "1", "--limit-train-batches", str(STEPS), "--batch-size", "8",
             "--limit-val-batches", "1", "--limit-test-batches", "1", "--log-every", "1", "--precision", "16-mixed",
             "--init-from", str(tmp_path / "start.pt"), "--logdir", str(tmp_path)]
-    lightning_train.train(parse_config("lightning", argv))
-    train_and_evaluate(parse_config("flax", argv))
+    for side in SIDES:
+        done = run_main(side, argv)
+        assert done.returncode == 0, done.stderr[-3000:]
 
     logged, weights = {}, {}
-    for side in ("lightning", "flax"):
+    for side in SIDES:
         version = tmp_path / side / "resnet20-digits" / "version_0"
         logged[side] = scalars(version)
         weights[side] = final_weights(side, version)
@@ -73,3 +83,87 @@ def test_forced_overflow_skips_the_same_steps_and_changes_no_weight(tmp_path, mo
     floats = [np.asarray(leaf) for leaf in jax.tree.leaves(trace) if np.asarray(leaf).dtype.kind == "f"]
     assert floats and not any(np.any(leaf) for leaf in floats)
     assert int(restored["state"]["step"]) == STEPS
+
+
+def test_dynamic_scale_grows_and_backs_off_on_the_same_steps_as_torch_gradscaler():
+    from flax.training.dynamic_scale import DynamicScale
+
+    from flax_side.state import dynamic_scale_interval
+
+    interval = 3
+    finite = [True] * 7 + [False] + [True] * 4 + [False, False] + [True] * 5
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=interval)
+    param = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([param], lr=0.0)
+    dyn = DynamicScale(growth_interval=dynamic_scale_interval(interval), scale=8.0)
+    torch_scales, flax_scales = [], []
+    for ok in finite:
+        optimizer.zero_grad()
+        scaler.scale((param * (1.0 if ok else float("inf"))).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        torch_scales.append(scaler.get_scale())
+        dyn, _, _, _ = dyn.value_and_grad(lambda p: (p * (1.0 if ok else jnp.inf)).sum())(jnp.ones(1))
+        flax_scales.append(float(dyn.scale))
+    assert flax_scales == torch_scales
+    assert len(set(torch_scales)) > 2  # it did grow and back off
+
+
+def test_lightning_16_mixed_on_a_cpu_stays_float16_with_a_loss_scaler():
+    from lightning.pytorch.plugins import MixedPrecision
+
+    from lightning_side.train import precision_arguments
+    args = precision_arguments("16-mixed")
+    if torch.cuda.is_available():
+        assert args == {"precision": "16-mixed"}
+        return
+    (plugin,) = args["plugins"]
+    assert isinstance(plugin, MixedPrecision) and plugin.scaler is not None
+    assert plugin.scaler.get_scale() == 2.0 ** 16  # GradScaler's default, as flax's DynamicScale
+    with plugin.forward_context():
+        out = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+    assert out.dtype == torch.float16
+
+
+def test_flax_fp16_overflow_skips_the_step_and_halves_the_scale():
+    """A non-finite gradient (a scale of 2**100 overflows float16) changes nothing but the
+    counters: params, opt_state (optax's count included) and batch_stats keep their values,
+    state.step advances (it counts batches, as Lightning's global_step), the scale halves."""
+    # ResNet-20 with the first block of each stage only (a ResNet-8): the step's rules do not
+    # depend on depth, and its float16 step compiles in a third of the time. Its weights are those
+    # blocks of ResNet-20's init (float32 parameters either way), which the session's compilation
+    # cache holds from the reference runs; an init of its own would compile for 7 s.
+    widths, _, shortcut = CIFAR_ARCHITECTURES["resnet20"]
+    model = CifarResNet(widths, (1,) * len(widths), shortcut, dtype=jnp.float16)
+    full = initial_variables(create_flax_model("resnet20"), jax.random.key(0), (32, 32, 3))
+    variables = {kind: {name: value for name, value in layers.items()
+                        if not name.startswith("layer") or name.endswith("_0")} for kind, layers in full.items()}
+    schedule = optax.constant_schedule(0.1)
+    state = create_train_state(model, variables,
+                               schedule=schedule, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                               loss_scaling=True)
+    step = jax.jit(functools.partial(train_step, mean=np.full(3, 127.0), std=np.full(3, 60.0),
+                                     input_dtype=jnp.float32, label_smoothing=0.0, schedule=schedule),
+                   donate_argnums=0)
+    rng = np.random.default_rng(0)
+    batch = (rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 8).astype(np.int32))
+    kept = ("params", "opt_state", "batch_stats")
+
+    state = state.replace(dynamic_scale=state.dynamic_scale.replace(scale=jnp.float32(2.0 ** 100)))
+    before = jax.device_get({k: getattr(state, k) for k in kept})
+    state, metrics = step(state, batch)
+    after = jax.device_get({k: getattr(state, k) for k in kept})
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+    assert int(state.step) == 1
+    assert float(state.dynamic_scale.scale) == 2.0 ** 99  # stored back, halved
+    assert float(metrics["loss_scale"]) == 2.0 ** 100  # the scale this step used
+    assert int(state.dynamic_scale.fin_steps) == 0
+    assert int(metrics["skipped_steps"]) == 1  # train/skipped_steps
+
+    state = state.replace(dynamic_scale=state.dynamic_scale.replace(scale=jnp.float32(2.0 ** 16)))
+    state, metrics = step(state, batch)  # a normal step goes through
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(state.step) == 2 and int(optax.tree_utils.tree_get(state.opt_state, "count")) == 1
+    assert float(state.dynamic_scale.scale) == 2.0 ** 16 and int(state.dynamic_scale.fin_steps) == 1
+    assert int(metrics["skipped_steps"]) == 1  # still the one
+    assert not np.array_equal(jax.device_get(state.params["fc"]["kernel"]), before["params"]["fc"]["kernel"])

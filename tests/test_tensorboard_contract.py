@@ -1,4 +1,5 @@
-"""docs/design.md's tag contract, checked the way a user sees it: through a real TensorBoard server."""
+"""docs/design.md's tag contract: the tags and steps each side's short run writes, the same on
+both, as a user sees them through a real TensorBoard server."""
 
 import json
 import socket
@@ -10,11 +11,47 @@ import urllib.request
 
 import pytest
 
+from common.config import parse_config
+from common.sides import SIDES
 from harness.processes import finish, start_train
-from tests.helpers.tb import DESIGN_TAGS
+from tests.helpers.in_process import run_main
+from tests.helpers.schedules import learning_rates
+from tests.helpers.tb import DESIGN_TAGS, scalars
 
 RUN = ["--dataset", "digits", "--batch-size", "32", "--epochs", "2", "--limit-train-batches", "3",
        "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "2", "--run-name", "contract"]
+
+
+# What each side's checkpoints folder holds at the end of the reference run.
+CHECKPOINTS_AT_THE_END = {
+    "lightning": lambda checkpoints: (checkpoints / "last.ckpt").is_file(),
+    "flax": lambda checkpoints: (sorted(p.name for p in checkpoints.iterdir()) == ["3", "6"]
+                                 and (checkpoints / "6" / "state").is_dir()),
+}
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_a_short_run_writes_the_design_tag_set(side, reference_runs):
+    run = reference_runs[side]  # 2 epochs x 3 batches, cosine with warm-up, every step logged
+    version = run.version
+    assert f"[{side}] best val/acc" in run.stdout and str(version) in run.stdout
+    logged = scalars(version)
+    assert DESIGN_TAGS <= set(logged) and "train/loss_scale" not in logged
+    assert [s for s, _ in logged["train/loss"]] == list(range(6))  # 2 epochs x 3 batches, every step
+    assert [s for s, _ in logged["train/acc"]] == list(range(6))
+    lr = learning_rates(side, run.argv, steps_per_epoch=3)
+    for step, logged_lr in logged["train/lr"]:
+        assert logged_lr == pytest.approx(lr(step), rel=1e-6, abs=1e-9), step
+    for tag in ("val/loss", "val/acc", "perf/epoch_seconds", "perf/train_images_per_sec"):
+        assert [s for s, _ in logged[tag]] == [2, 5], tag  # each epoch's last step
+    for tag in ("test/loss", "test/acc"):
+        assert [s for s, _ in logged[tag]] == [6], tag  # the step count, as Lightning's test()
+    assert (2, 0.0) in logged["epoch"] and (5, 1.0) in logged["epoch"]  # 0-based, at epoch end
+    assert (6, 2.0) in logged["epoch"]  # beside test/*
+    assert all(0 <= v <= 1 for _, v in logged["val/acc"]) and logged["perf/train_images_per_sec"][0][1] > 0
+    assert CHECKPOINTS_AT_THE_END[side](version / "checkpoints"), sorted((version / "checkpoints").iterdir())
+    assert (version / "hparams.yaml").read_text().count("dataset: digits") == 1
+    assert parse_config(side, ["--config", str(version / "hparams.yaml")]) == parse_config(side, run.argv)
 
 
 def free_port() -> int:
@@ -32,7 +69,7 @@ def get_json(base: str, path: str, **query):
 @pytest.fixture
 def tensorboard(tmp_path):
     logdir = tmp_path / "logs"
-    done = finish({side: start_train(side, [*RUN, "--logdir", str(logdir)]) for side in ("lightning", "flax")})
+    done = finish({side: start_train(side, [*RUN, "--logdir", str(logdir)]) for side in SIDES})
     for out in done.values():
         assert out.returncode == 0, out.stderr[-3000:]
     port = free_port()
@@ -77,30 +114,26 @@ def test_both_runs_list_the_same_tags_over_the_same_steps(tensorboard):
     assert [step for _, step, _ in train] == [1, 3, 5]
 
 
-@pytest.mark.parametrize("side", ["lightning", "flax"])
+@pytest.mark.parametrize("side", SIDES)
 def test_an_epoch_timed_at_zero_seconds_logs_nan_images_per_sec(tmp_path, side, monkeypatch, reference_runs):
     """perf/* come every epoch: an epoch whose clock reads 0 s (a resume that enters an epoch at
     its end trains no batch) logs NaN images/s instead of dropping the tags, and the report's
     throughput passes over it."""
     import math
 
-    from common.config import parse_config
     from harness.trials import find_trials
-    from tests.helpers.tb import scalars
 
-    argv = [*reference_runs[side].argv, "--logdir", str(tmp_path), "--num-workers", "0"]
     if side == "lightning":
         from lightning_side.callbacks import EpochThroughput
-        from lightning_side.train import train
 
         monkeypatch.setattr(EpochThroughput, "_now", lambda self, trainer: 0.0)
-        train(parse_config(side, argv))
     else:
-        from flax_side import epochs, loop
+        from flax_side import epochs
 
         real_train_epoch = epochs.train_epoch
         monkeypatch.setattr(epochs, "train_epoch", lambda *a, **k: (real_train_epoch(*a, **k)[0], 0.0))
-        loop.train_and_evaluate(parse_config(side, argv))
+    done = run_main(side, [*reference_runs[side].argv, "--logdir", str(tmp_path), "--num-workers", "0"])
+    assert done.returncode == 0, done.stderr[-3000:]
     logged = scalars(tmp_path / side / "reference" / "version_0")
     assert logged["perf/epoch_seconds"] == [(2, 0.0), (5, 0.0)]
     assert [step for step, _ in logged["perf/train_images_per_sec"]] == [2, 5]

@@ -1,5 +1,7 @@
-"""The CPU remedy for XLA's depth-squared fusion: where it applies, and what it changes in the
-compiled step (flax_side/compiler_options.py)."""
+"""What each side computes in and how it compiles: Lightning's precision from --precision, its
+--compile (torch.compile), and the flax step's XLA compiler options on a CPU, the remedy for XLA's
+depth-squared fusion (flax_side/compiler_options.py). Loss scaling under 16-mixed:
+test_loss_scaling.py."""
 
 import functools
 
@@ -8,14 +10,46 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import torch
 
 from flax_side.compiler_options import CPU_STEP_OPTIONS, step_compiler_options
 from flax_side.models import create_model
 from flax_side.state import create_train_state, initial_variables
 from flax_side.steps import train_step
+from harness.processes import finish, start_train
+from lightning_side.train import lightning_precision
 
-pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # they time or read the compiled step
+QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
+         "--limit-val-batches", "2", "--limit-test-batches", "2", "--num-workers", "2"]
 
+
+# --------------------------------------------------------------------------- Lightning
+
+@pytest.mark.parametrize("flag,cuda,expected", [
+    ("auto", False, "32-true"), ("auto", True, "16-mixed"), ("32", False, "32-true"),
+    ("16-mixed", True, "16-mixed"), ("bf16-mixed", False, "bf16-mixed"), ("64-true", False, "64-true"),
+])
+def test_the_precision_flag_maps_to_lightnings_precision(flag, cuda, expected):
+    assert lightning_precision(flag, cuda) == expected
+
+
+@pytest.mark.slow  # torch.compile is slow on a small CPU (see docs/testing.md)
+def test_compiled_module_trains_like_the_eager_one(tmp_path):
+    """--compile: the same run, in float64 where the compiled kernels' rounding stays at 1e-12,
+    with checkpoints that keep the plain module's keys."""
+    argv = QUICK + ["--epochs", "1", "--log-every", "1", "--precision", "64-true", "--logdir", str(tmp_path)]
+    done = finish({name: start_train("lightning", [*argv, "--run-name", name, *extra])  # started together
+                   for name, extra in (("eager", []), ("compiled", ["--compile"]))})
+    for out in done.values():
+        assert out.returncode == 0, out.stderr[-3000:]
+    eager, compiled = (torch.load(tmp_path / "lightning" / name / "version_0" / "checkpoints" / "last.ckpt",
+                                  weights_only=True)["state_dict"] for name in ("eager", "compiled"))
+    assert eager.keys() == compiled.keys()
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-9, atol=1e-9, msg=key)
+
+
+# --------------------------------------------------------------------------- flax on a CPU
 
 def test_only_the_cifar_resnets_on_a_cpu_and_a_users_xla_flags_win(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
@@ -46,6 +80,7 @@ def _relus_in_compiled_step(model_name, options):
 
 
 @pytest.mark.slow  # compiles resnet32's step twice
+@pytest.mark.usefixtures("no_compilation_cache")  # it reads the compiled step
 def test_without_the_fusion_pass_each_relu_is_computed_once(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     # resnet32: 31 ReLUs forward; the backward reuses their outputs instead of recomputing the chain.

@@ -1,5 +1,10 @@
-"""Several processes train like one: Lightning DDP (gloo) and JAX multi-process (CPU collectives),
-on 127.0.0.1, against a 1-process run on the same global batches.
+"""Several devices and processes train like one.
+
+- Flax on two host devices against one: the float64 lockstep's 10 steps (tests/conftest.py).
+- Lightning's GlobalBatchNorm2d: two gloo ranks, each with half a batch, behave as one
+  BatchNorm2d on all of it.
+- Whole runs of several processes (slow): Lightning DDP (gloo) and JAX multi-process (CPU
+  collectives), on 127.0.0.1, against a 1-process run on the same global batches.
 
 In float64 (`--precision 64-true`) the only difference left is the order of the sums over the
 global batch, so the tolerance is tight: train/loss equal as TensorBoard stores it (float32), and
@@ -15,30 +20,165 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
 
+from common.errors import TrainingError
+from common.sides import SIDES
 from harness.lockstep import final_weights
 from harness.processes import finish
+from lightning_side.sync_batchnorm import GlobalBatchNorm2d, GlobalBatchNormSync
 from tests.helpers.tb import DESIGN_TAGS, first_step, scalars
-from common.sides import SIDES
-
-# Several processes per test: the slow suite. Fast: test_sync_batchnorm.py, test_flax_train.py's two devices.
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGV = ["--dataset", "digits", "--batch-size", "16", "--limit-train-batches", "4",
-        "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1", "--epochs", "2",
-        "--precision", "64-true"]
-WEIGHTS_TOLERANCE = 1e-7  # absolute, float64 weights after 8 steps
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- flax on host devices
+
+def test_flax_on_two_devices_trains_like_on_one(float64_lockstep):
+    """Data parallel over 2 host devices, against one device: the float64 lockstep's 10 steps
+    (harness/lockstep.py) to the tolerances that hold the two sides together. A mean of per-device
+    gradients or BatchNorm statistics taken over half the batch shows at 1e-3 and more."""
+    from harness.lockstep import relative_differences
+
+    diffs = relative_differences(float64_lockstep, ("flax", "flax on 2 devices"))
+    assert diffs["train/loss (worst step)"] <= 1e-6, diffs
+    assert diffs["val/loss"] <= 1e-5 and diffs["test/loss"] <= 1e-5, diffs
+    assert diffs["weights"] <= 1e-6 and diffs["batch statistics"] <= 1e-6, diffs
+    one, two = (float64_lockstep[name]["scalars"] for name in ("flax", "flax on 2 devices"))
+    assert [s for s, _ in two["train/loss"]] == list(range(10))
+    assert two["val/acc"] == one["val/acc"]
+
+
+def test_too_few_flax_devices_is_a_one_line_error():
+    from flax_side.devices import create_mesh
+
+    with pytest.raises(TrainingError, match="--devices 64"):
+        create_mesh(64)
+
+
+# --------------------------------------------------------------------------- BatchNorm over the global batch
+
+WORLD = 2
+
+
+def batch(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, 5, 5, generator=g, dtype=dtype) * 3 + 1
+    upstream = torch.randn(8, 3, 5, 5, generator=g, dtype=dtype)  # dL/dy, to test the backward
+    return x.contiguous(memory_format=torch.channels_last), upstream
+
+
+def reference(dtype):
+    """One process, the whole batch: output, input gradient, weight/bias gradients, buffers."""
+    bn = nn.BatchNorm2d(3).to(dtype)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, -0.5]))
+        bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
+    x, upstream = batch(dtype)
+    x.requires_grad_(True)
+    y = bn(x)
+    (y * upstream).sum().backward()
+    return y.detach(), x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var
+
+
+DTYPES = (torch.float64, torch.float32)
+
+
+def rank_main(rank, port, results):
+    torch.set_num_threads(1)  # a forked child, as a DataLoader worker is
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        for dtype in DTYPES:
+            bn = GlobalBatchNorm2d.convert(nn.Sequential(nn.BatchNorm2d(3)).to(dtype))[0]
+            assert type(bn) is GlobalBatchNorm2d
+            with torch.no_grad():
+                bn.weight.copy_(torch.tensor([1.0, 2.0, -0.5]))
+                bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
+            x, upstream = batch(dtype)
+            half = slice(rank * 4, rank * 4 + 4)
+            x = x[half].detach().requires_grad_(True)
+            y = bn(x)
+            (y * upstream[half]).sum().backward()
+            # Parameter gradients are per rank here (DDP sums them); the input gradient is final.
+            grads = [bn.weight.grad.clone(), bn.bias.grad.clone()]
+            for g in grads:
+                dist.all_reduce(g)
+            results[rank, str(dtype)] = (y.detach(), x.grad, *grads, bn.running_mean.clone(),
+                                         bn.running_var.clone(), int(bn.num_batches_tracked))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> dict:
+    """(rank, dtype) -> what that rank's layer computed: two processes, both dtypes in one start.
+    Forked, as DataLoader workers are: spawned ranks spent 9 s importing torch again. JAX's
+    warning about forking its threads is for a child that uses JAX; these use torch alone."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        with mp.get_context("fork").Manager() as manager:
+            results = manager.dict()
+            mp.start_processes(rank_main, args=(free_port(), results), nprocs=WORLD, start_method="fork")
+            return dict(results)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_two_ranks_normalise_like_one_batchnorm_over_the_global_batch(dtype, two_ranks):
+    y, dx, dw, db, mean, var = reference(dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for rank in range(WORLD):
+        ry, rdx, rdw, rdb, rmean, rvar, tracked = two_ranks[rank, str(dtype)]
+        half = slice(rank * 4, rank * 4 + 4)
+        torch.testing.assert_close(ry, y[half], **tol)
+        torch.testing.assert_close(rdx, dx[half], **tol)
+        torch.testing.assert_close(rdw, dw, **tol)
+        torch.testing.assert_close(rdb, db, **tol)
+        torch.testing.assert_close(rmean, mean, **tol)
+        torch.testing.assert_close(rvar, var, **tol)  # unbiased, over all 8 x 25 values
+        assert tracked == 1
+
+
+def test_without_a_process_group_it_is_plain_batchnorm():
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(4)
+    converted = GlobalBatchNorm2d.convert(nn.Sequential(nn.BatchNorm2d(4)))[0]
+    converted.load_state_dict(plain.state_dict())
+    x = torch.randn(6, 4, 3, 3)
+    torch.testing.assert_close(converted(x), plain(x), rtol=0, atol=0)
+    assert list(converted.state_dict()) == list(plain.state_dict())
+
+
+def test_the_layer_sync_plugin_converts_and_reverts_sharing_the_tensors():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()))
+    weight = model[1][0].weight
+    plugin = GlobalBatchNormSync()
+    synced = plugin.apply(model)
+    assert type(synced[1][0]) is GlobalBatchNorm2d and synced[1][0].weight is weight
+    reverted = plugin.revert(synced)
+    assert type(reverted[1][0]) is nn.BatchNorm2d and reverted[1][0].weight is weight
+
+
+# --------------------------------------------------------------------------- whole runs of several processes
+
+# Several train.py processes per test: the slow suite.
+ARGV = ["--dataset", "digits", "--batch-size", "16", "--limit-train-batches", "4",
+        "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1", "--epochs", "2",
+        "--precision", "64-true"]
+WEIGHTS_TOLERANCE = 1e-7  # absolute, float64 weights after 8 steps
 
 
 def launch(side: str, logdir: Path, run_name: str, *extra: str,
@@ -50,7 +190,7 @@ def launch(side: str, logdir: Path, run_name: str, *extra: str,
 
 
 def wait_all(processes: list[subprocess.Popen]) -> list[str]:
-    """Their stdouts, once all have ended (tests/processes.finish), each with exit code 0."""
+    """Their stdouts, once all have ended (harness/processes.finish), each with exit code 0."""
     done = finish(dict(enumerate(processes)))
     for out in done.values():
         assert out.returncode == 0, out.stderr[-3000:]
@@ -107,12 +247,14 @@ def assert_trains_like_one_process(side: str, version: Path, reference: Path) ->
     assert worst < WEIGHTS_TOLERANCE, f"weights differ by {worst:.2e}"
 
 
+@pytest.mark.slow
 def test_lightning_ddp_on_two_devices_trains_like_one_process(straight_runs):
     stdout, version = straight_runs["ddp", "lightning"]
     assert stdout.count("[lightning] best val/acc") == 1  # rank 0 reports; its child does not
     assert_trains_like_one_process("lightning", version, straight_runs["single", "lightning"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", SIDES)
 def test_two_nodes_train_like_one_process(straight_runs, side):
     outputs, version = straight_runs["nodes", side]
@@ -144,6 +286,7 @@ def two_processes(side: str, logdir: Path, run_name: str, *extra: str, new_sessi
     return node_launches(side, logdir, run_name, *extra, new_session=new_session)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", SIDES)
 def test_ctrl_c_stops_every_process_at_one_step_and_resumes_to_the_same_end(tmp_path, straight_runs, side):
     """Ctrl-C as the second epoch starts: every process stops after the same step, with a
@@ -172,6 +315,7 @@ def test_ctrl_c_stops_every_process_at_one_step_and_resumes_to_the_same_end(tmp_
     assert worst < 1e-12, f"weights differ by {worst:.2e}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", SIDES)
 def test_a_diverged_multi_process_run_stops_on_every_rank_together(tmp_path, side):
     """--lr 1e8, a real divergence in train.py processes: every process stops at the same step

@@ -16,10 +16,14 @@ from tests.helpers.reference import REFERENCE_ARGV, ReferenceRun
 from tests.helpers.sweep import StoppedSweep, stop_then_continue
 
 # XLA's persistent compilation cache, one per session: a flax step compiled once is loaded by
-# every later run of the same step, in this process and in the train.py processes the tests start (they inherit the variable). Set before JAX is first
-# imported, which reads it then; a session of its own keeps the user's cache and the tests apart.
+# every later run of the same step, in this process and in the train.py processes the tests
+# start (they inherit the variable). Set before JAX is first imported, which reads it then; a
+# session of its own keeps the user's cache and the tests apart.
 _CACHE = tempfile.mkdtemp(prefix="jax-cache-")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+# On a GPU, JAX takes 75% of its memory at first use; many tests run torch and JAX in this one
+# process (docs/several-gpus.md).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def pytest_unconfigure(config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 _VERSION = re.compile(r"^version_(\d+)$")
@@ -33,3 +34,22 @@ def host_peak_memory_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# The sentences both trainers print about a run's checkpoints, alike on both sides.
+
+def interrupted_message(step: int, checkpoint: object, run_name: str) -> str:
+    """How a Ctrl-C ends a run: the step it stopped at, its checkpoint, how to go on."""
+    return (f"interrupted at step {step}; the checkpoint is {checkpoint}; continue with "
+            f"--resume last --run-name {run_name}")
+
+
+def warn_passed_over(passed: list[str], resuming_from: object) -> None:
+    """--resume last skipped damaged checkpoints (each named with its reason) for an older one."""
+    print(f"warning: --resume last passed over {len(passed)} damaged checkpoint(s): "
+          f"{'; '.join(passed)}; resuming from {resuming_from}", file=sys.stderr, flush=True)
+
+
+def warn_testing_without_best(problem: str, instead: object) -> None:
+    """The best checkpoint is missing or unreadable: which weights the test split sees instead."""
+    print(f"warning: {problem}; the test split is evaluated with {instead}", file=sys.stderr, flush=True)

@@ -20,7 +20,6 @@ the checkpoints it resumed from (the latest and the best) are copied into the ne
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,9 +30,9 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from common.errors import RunError, one_line
+from common.runs import versions, warn_passed_over
 from common.sides import TORCH_WEIGHTS
 from flax_side.state import TrainState
-from common.runs import versions
 
 KEEP_LAST = 3
 CHECKPOINTS = "checkpoints"
@@ -146,8 +145,7 @@ def restore_newest(choices: list[tuple[Path, int]], state: TrainState, rng: jax.
             damaged.append((directory, step))
             continue
         if passed and jax.process_index() == 0:
-            print(f"warning: --resume last passed over {len(passed)} damaged checkpoint(s): "
-                  f"{'; '.join(passed)}; resuming from {directory / str(step)}", file=sys.stderr, flush=True)
+            warn_passed_over(passed, directory / str(step))
         return (*restored, directory, step, {s for d, s in damaged if d == directory})
     raise CheckpointError(f"--resume last: no checkpoint of the run reads back whole; the newest: {passed[0]}")
 

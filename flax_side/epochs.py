@@ -21,6 +21,7 @@ from tqdm import tqdm
 from common.config import TrainConfig
 from common.errors import Interrupted, TrainingError
 from common.interrupt import CtrlC
+from common.runs import interrupted_message
 from datamodules import ImageDataModule
 from flax_side import checkpoint
 from flax_side.devices import peak_memory_mb, prefetch_to_device, without_names
@@ -162,9 +163,8 @@ def save_ctrl_c_checkpoint(loop: EpochLoop, state: TrainState, rng: jax.Array, e
     checkpoint.save(manager, state, rng, epochs_done=epoch, metrics={"val/acc": -1.0, "val/loss": -1.0},
                     config=loop.config.to_dict())
     manager.wait_until_finished()
-    return Interrupted(f"interrupted at step {int(state.step)}; the checkpoint is "
-                       f"{manager.directory / str(int(state.step))}; continue with "
-                       f"--resume last --run-name {loop.config.run_name}")
+    return Interrupted(interrupted_message(int(state.step), manager.directory / str(int(state.step)),
+                                           loop.config.run_name))
 
 
 def divergence_error(tag: str, value: float, step: int, manager: Any) -> TrainingError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-import sys
 from typing import Callable, Iterable
 
 import jax
@@ -14,6 +13,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from lightning.fabric.loggers import TensorBoardLogger
 
+from common.runs import warn_testing_without_best
 from flax_side import checkpoint
 from flax_side.devices import global_batch, without_names
 from flax_side.state import TrainState
@@ -48,8 +48,8 @@ def best_weights(manager: ocp.CheckpointManager, best_step: int | None, state: T
         best_state, _, _ = checkpoint.restore(manager.directory, best_step, state, rng)
     except checkpoint.CheckpointError as err:
         if jax.process_index() == 0:
-            print(f"warning: the best checkpoint cannot be read ({err}); the test split is "
-                  f"evaluated with the final weights, of step {int(state.step)}", file=sys.stderr, flush=True)
+            warn_testing_without_best(f"the best checkpoint cannot be read ({err})",
+                                      f"the final weights, of step {int(state.step)}")
         return state
     return best_state
 

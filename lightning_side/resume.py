@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import torch
 
 from common.config import TrainConfig
 from common.errors import one_line
-from common.runs import run_root, versions
+from common.runs import run_root, versions, warn_passed_over
 from common.sides import TORCH_WEIGHTS
 from lightning_side import SIDE
 from lightning_side.weights import WeightsError
@@ -43,8 +42,7 @@ def resume_checkpoint(config: TrainConfig) -> str | None:
                 passed.append(str(err))
                 continue
             if passed:
-                print(f"warning: --resume last passed over {len(passed)} damaged checkpoint(s): "
-                      f"{'; '.join(passed)}; resuming from {candidate}", file=sys.stderr, flush=True)
+                warn_passed_over(passed, candidate)
             return str(candidate)
     raise WeightsError(f"no complete checkpoint to resume under "
                        f"{run_root(config.logdir, SIDE, config.run_name)}; check --logdir and --run-name")

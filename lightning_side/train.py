@@ -25,7 +25,7 @@ from lightning.pytorch.plugins import MixedPrecision
 from common.config import TrainConfig, parse_config
 from common.data import create_datamodule
 from common.errors import Interrupted, one_line, run_main
-from common.runs import summary_line
+from common.runs import interrupted_message, summary_line, warn_testing_without_best
 from datamodules import ImageDataModule
 from lightning_side import SIDE
 from lightning_side.callbacks import (BadImageCount, EpochThroughput, LatestCheckpoints, RunFolderGuard,
@@ -162,9 +162,8 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
     except SystemExit:  # Lightning's own ending after Ctrl-C, once its callbacks have run
         if not trainer.interrupted:
             raise
-        raise Interrupted(f"interrupted at step {trainer.global_step}; the checkpoint is "
-                          f"{latest.last_model_path or 'not written'}; continue with --resume last "
-                          f"--run-name {run_name}") from None
+        raise Interrupted(interrupted_message(trainer.global_step, latest.last_model_path or "not written",
+                                              run_name)) from None
 
 
 def evaluate_test_split(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModule,
@@ -180,8 +179,7 @@ def evaluate_test_split(trainer: L.Trainer, module: L.LightningModule, datamodul
         except WeightsError as err:
             path, problem = None, f"the best checkpoint cannot be read ({err})"
     if problem and trainer.is_global_zero:
-        print(f"warning: {problem}; the test split is evaluated with {latest.last_model_path}",
-              file=sys.stderr, flush=True)
+        warn_testing_without_best(problem, latest.last_model_path)
     return trainer.test(module, datamodule=datamodule, ckpt_path=path or latest.last_model_path,
                         verbose=False, weights_only=True)[0]
 

@@ -69,9 +69,19 @@ def train_transform(image: Image.Image, size: int, rng: np.random.Generator, fli
     top, left, h, w = resized_crop_params(width, height, rng)
     mirror = flip and rng.random() < 0.5
     sx, sy = _draft(image, math.ceil(width * size / w), math.ceil(height * size / h))
-    box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-    out = np.asarray(_rgb(image).resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8)
+    out = _crop_resize(_rgb(image), (left * sx, top * sy, (left + w) * sx, (top + h) * sy), size)
     return out[:, ::-1] if mirror else out
+
+
+def _crop_resize(image: Image.Image, box: tuple[float, ...], size: int) -> np.ndarray:
+    """torchvision's crop, then resize: the filter reads no pixel outside the crop (PIL's
+    resize(box=) alone would read past its edges, changing the border rows and columns). After a
+    JPEG draft the box may fall between pixels: crop the whole pixels around it, resize the box."""
+    x0, y0 = math.floor(box[0]), math.floor(box[1])
+    x1, y1 = min(math.ceil(box[2]), image.size[0]), min(math.ceil(box[3]), image.size[1])
+    inner = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
+    crop = image.crop((x0, y0, x1, y1))
+    return np.asarray(crop.resize((size, size), Image.BILINEAR, box=inner), dtype=np.uint8)
 
 
 def eval_transform(image: Image.Image, size: int) -> np.ndarray:

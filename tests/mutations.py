@@ -40,6 +40,9 @@ SCHEDULES = tuple(OPTIMIZER + test for test in (
     "test_schedules_follow_the_shared_definitions",
     "test_milestones_on_the_same_step_divide_once_each_as_torch_multisteplr_does"))
 ONE_SGD_STEP = OPTIMIZER + "test_one_optimizer_step_equals_torch_sgd_with_decay_on_the_kernels"
+TRANSFORMS = ("tests/test_data_transforms.py",)
+BAD_IMAGE = "tests/test_data_streamed.py::test_a_file_that_fails_to_decode_mid_run_is_replaced_counted_and_named_once"
+IMAGENET_INIT = ("tests/test_models.py::test_imagenet_initialisation_is_torchvisions_on_both_sides",)
 MUTATIONS = (
     Mutation("BatchNorm momentum, Lightning side", "lightning_side/models.py",
              "BN_MOMENTUM = 0.1", "BN_MOMENTUM = 0.9", MODELS),
@@ -81,6 +84,38 @@ MUTATIONS = (
     Mutation("ImageNet --zero-init-residual ignored, flax side", "flax_side/torchvision_resnet.py",
              "nn.initializers.zeros if last and self.zero_init_residual",
              "nn.initializers.ones if last and self.zero_init_residual", MODELS),
+    Mutation("ImageNet stem init: flax's kaiming_normal (fan_in, truncated)", "flax_side/torchvision_resnet.py",
+             "padding=((3, 3), (3, 3)), use_bias=False, kernel_init=conv_init,",
+             "padding=((3, 3), (3, 3)), use_bias=False, kernel_init=nn.initializers.kaiming_normal(),",
+             IMAGENET_INIT),
+    Mutation("ImageNet classifier bias bound 1/fan_in", "flax_side/torchvision_resnet.py",
+             "bound = fan_in ** -0.5", "bound = 1.0 / fan_in", IMAGENET_INIT),
+    Mutation("streamed crop: a plain resize of the whole photo", "datamodules/transforms.py",
+             "out = _crop_resize(_rgb(image), (left * sx, top * sy, (left + w) * sx, (top + h) * sy), size)",
+             "out = np.asarray(_rgb(image).resize((size, size), Image.BILINEAR), dtype=np.uint8)", TRANSFORMS),
+    Mutation("streamed flip removed", "datamodules/transforms.py",
+             "return out[:, ::-1] if mirror else out", "return out", TRANSFORMS),
+    Mutation("streamed crop scale from 0.115", "datamodules/transforms.py",
+             "SCALE = (0.08, 1.0)", "SCALE = (0.115, 1.0)", TRANSFORMS),
+    Mutation("streamed crop scale up to 0.9", "datamodules/transforms.py",
+             "SCALE = (0.08, 1.0)", "SCALE = (0.08, 0.9)", TRANSFORMS),
+    Mutation("streamed bad image: the damaged file's label", "datamodules/streamed.py",
+             "_copy(rng), self.flip), self.labels[j]", "_copy(rng), self.flip), self.labels[index]", (BAD_IMAGE,)),
+    Mutation("streamed bad image: the replacement's crop from the failed file's spent generator",
+             "datamodules/streamed.py", "_copy(rng), self.flip), self.labels[j]", "rng, self.flip), self.labels[j]",
+             (BAD_IMAGE,)),
+    Mutation("CPU fusion remedy unwired from the compiled train step", "flax_side/compiled_steps.py",
+             "donate_argnums=0, out_shardings=replicated(mesh), compiler_options=compiler_options",
+             "donate_argnums=0, out_shardings=replicated(mesh)",
+             ("tests/test_precision_and_compile.py::test_the_step_train_py_compiles_computes_each_relu_once",)),
+    Mutation("CPU fusion remedy only from 6 blocks a stage", "flax_side/compiler_options.py",
+             "MIN_BLOCKS_PER_STAGE = 5", "MIN_BLOCKS_PER_STAGE = 6",
+             ("tests/test_precision_and_compile.py::test_the_step_train_py_compiles_computes_each_relu_once",)),
+    Mutation("Lightning checkpoints without AtomicCheckpointIO", "lightning_side/train.py",
+             'arguments["plugins"] = [*arguments.get("plugins", []), AtomicCheckpointIO()]',
+             'arguments["plugins"] = [*arguments.get("plugins", [])]',
+             ("tests/test_disk_faults.py::test_a_lightning_checkpoint_written_through_a_full_disk_is_whole_or_nothing",
+              "tests/test_disk_faults.py::test_a_file_size_limit_is_one_line_and_leaves_no_part_of_a_checkpoint")),
 )
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from datamodules import ImageDataModule
 from datamodules import datamodule as datamodule_module
-from datamodules.transforms import eval_transform, resized_crop_params, train_transform
+from datamodules.transforms import eval_transform, train_transform
 from harness.photos import CLASSES, make_photo_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,27 +125,17 @@ def test_evaluation_transform_is_torchvisions_resize_and_centre_crop():
         np.testing.assert_array_equal(eval_transform(image, size), np.asarray(expected))
 
 
-def test_random_resized_crop_follows_torchvisions_ranges():
-    rng = np.random.default_rng(0)
-    areas, ratios = [], []
-    for _ in range(2000):
-        top, left, h, w = resized_crop_params(200, 120, rng)
-        assert 0 <= top and top + h <= 120 and 0 <= left and left + w <= 200
-        areas.append(h * w / (200 * 120))
-        ratios.append(w / h)
-    assert 0.07 < min(areas) < 0.12 and max(areas) > 0.75  # at most 160x120 of 200x120 at ratio 4/3
-    assert min(ratios) > 0.74 and max(ratios) < 1.35 and np.median(ratios) == pytest.approx(1.0, abs=0.06)
-    # A very wide image falls back to a centre crop of the widest allowed ratio after 10 misses.
-    assert resized_crop_params(1000, 10, np.random.default_rng(0)) == (0, 493, 10, 13)
-
-
 def test_a_file_that_fails_to_decode_mid_run_is_replaced_counted_and_named_once(photos, tmp_path, caplog):
     import shutil
 
     root = shutil.copytree(photos, tmp_path / "photos")
     dms = [_dm(root, workers=w) for w in (0, 2)]
-    victim = Path(dms[0].train_images.base.paths[int(dms[0].train_images.indices[3])])
-    victim.write_bytes(victim.read_bytes()[:200])  # after the scan: truncated mid-run
+    labels = dms[0].train_labels
+    # The victim's replacement, the next image of the split, is of another class.
+    place = next(p for p in range(len(labels) - 1) if labels[p] != labels[p + 1])
+    victim = Path(dms[0].train_images.name(place))
+    # Truncated after the scan: its header still opens, its pixels fail once the crop is drawn.
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     epochs = [_numpy_epoch(dms[0].numpy_dataloader("train"), 0), _torch_epoch(dms[1].train_dataloader(), 0)]
     _same(*epochs)  # the same replacement on both sides, with any number of workers
     named = [bad for _, _, batch_bad in epochs[0] for bad in batch_bad]
@@ -156,13 +146,14 @@ def test_a_file_that_fails_to_decode_mid_run_is_replaced_counted_and_named_once(
                 dms[0].note_bad_images(bad)
     assert len(dms[0].bad_images) == 1
     assert sum(str(victim) in r.getMessage() for r in caplog.records) == 1  # named once
-    # Replaced by the next image of the split, with that image's label.
+    # Replaced by the next image of the split: that image's own transform, with its label.
     dataset = dms[0].numpy_dataloader("train").dataset
-    for i in range(len(dataset)):
-        idx = dataset.batch_indices(0, i)
-        if 3 in idx:
-            row = int(np.flatnonzero(idx == 3)[0])
-            assert epochs[0][i][1][row] == dms[0].train_labels[4]
+    i, row = next((i, int(np.flatnonzero(idx == place)[0])) for i in range(len(dataset))
+                  if place in (idx := dataset.batch_indices(0, i)))
+    with Image.open(dms[0].train_images.name(place + 1)) as replacement:
+        expected = train_transform(replacement, 48, np.random.default_rng([0, 0, i, row]), flip=True)
+    np.testing.assert_array_equal(epochs[0][i][0][row], expected)
+    assert epochs[0][i][1][row] == labels[place + 1] != labels[place]
 
 
 def test_an_image_folder_too_large_for_memory_is_streamed(photos, monkeypatch):

@@ -167,3 +167,45 @@ def test_flax_fp16_overflow_skips_the_step_and_halves_the_scale():
     assert float(state.dynamic_scale.scale) == 2.0 ** 16 and int(state.dynamic_scale.fin_steps) == 1
     assert int(metrics["skipped_steps"]) == 1  # still the one
     assert not np.array_equal(jax.device_get(state.params["fc"]["kernel"]), before["params"]["fc"]["kernel"])
+
+
+def test_lightning_16_mixed_skips_an_overflowing_step_and_counts_it(tmp_path, monkeypatch):
+    """Lightning's 16-mixed as train.py builds it (precision_arguments, from INITIAL_LOSS_SCALE)
+    and its train/skipped_steps callback, on a tiny model: with the scale forced past float16's
+    range, every step is skipped, counted and halves the scale, and no weight moves."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_side import train as lightning_train
+    from lightning_side.callbacks import SkippedSteps
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU, 16-mixed is Lightning's own plugin; this checks the one built for the CPU")
+    monkeypatch.setattr(lightning_train, "INITIAL_LOSS_SCALE", FORCED_SCALE)
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+    torch.manual_seed(0)
+    model = Tiny()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    data = torch.utils.data.TensorDataset(torch.randn(STEPS * 2, 4), torch.randint(0, 2, (STEPS * 2,)))
+    skipped = SkippedSteps(1)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=CSVLogger(tmp_path), callbacks=[skipped],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        **lightning_train.precision_arguments("16-mixed"))
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=2))
+    scaler = trainer.precision_plugin.scaler
+    assert scaler.get_scale() == FORCED_SCALE / 2 ** STEPS
+    assert skipped.state_dict() == {"skipped": STEPS}
+    assert trainer.logged_metrics["train/skipped_steps"] == STEPS
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, start[name]), name

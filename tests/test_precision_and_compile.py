@@ -79,6 +79,29 @@ def _relus_in_compiled_step(model_name, options):
     return step.lower(state, batch).compile().as_text().count(" maximum(")
 
 
+# resnet32 (5 blocks a stage, the smallest the remedy covers) in the fast suite: it fails when the
+# remedy's wiring or its threshold breaks; resnet44 compiles for a minute on 2 cores.
+@pytest.mark.parametrize("model_name,blocks", [("resnet32", 5), pytest.param("resnet44", 7, marks=pytest.mark.slow)])
+@pytest.mark.usefixtures("no_compilation_cache")  # it reads the compiled step
+def test_the_step_train_py_compiles_computes_each_relu_once(monkeypatch, model_name, blocks):
+    """The remedy reaches the step the trainer runs: flax_side/compiled_steps.compile_train_step,
+    as loop.py calls it (compiler_options from the model), holds one ReLU per ReLU of the forward
+    pass (the stem's, and two a block over 3 stages); XLA's fusion would hold 186 and 323. A tiny
+    batch of 8x8 images, compiled and never run."""
+    from flax_side.compiled_steps import StepSpec, compile_train_step
+    from flax_side.devices import create_mesh
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    model = create_model(model_name, 10)
+    schedule = optax.constant_schedule(0.1)
+    state = create_train_state(model, initial_variables(model, jax.random.key(0), (8, 8, 3)), schedule=schedule,
+                               momentum=0.9, nesterov=True, weight_decay=1e-4, loss_scaling=False)
+    spec = StepSpec(model=model_name, batch_size=1, image_shape=(8, 8, 3), mean=np.full(3, 127.0),
+                    std=np.full(3, 64.0))
+    step = compile_train_step(state, schedule, spec, create_mesh(1))
+    assert step.as_text().count(" maximum(") == 1 + 2 * 3 * blocks
+
+
 @pytest.mark.slow  # compiles resnet32's step twice
 @pytest.mark.usefixtures("no_compilation_cache")  # it reads the compiled step
 def test_without_the_fusion_pass_each_relu_is_computed_once(monkeypatch):

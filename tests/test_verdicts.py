@@ -96,3 +96,29 @@ def test_seeds_needed_grows_as_the_difference_nears_the_margin():
     # Outside the margin it is the seeds needed to show the difference: a larger one needs fewer.
     assert seeds_needed(3.0, 1.0, 1.0) < seeds_needed(1.5, 1.0, 1.0)
     assert not math.isnan(seeds_needed(1.5, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("difference,sd", [(0.0, 0.3), (0.5, 0.2), (0.5, 0.3), (0.8, 0.3), (1.5, 1.0), (3.0, 1.0)])
+def test_seeds_needed_is_statsmodels_power_solved_for_80_percent(difference, sd):
+    """Inside the ±1 margin: the nearer one-sided test of TOST; outside: the two-sided Welch test.
+    The seeds are statsmodels' solve_power rounded up (and at least one more than the 2 run)."""
+    from statsmodels.stats.power import TTestIndPower
+
+    inside = difference < 1.0
+    solved = TTestIndPower().solve_power(effect_size=(1.0 - difference if inside else difference) / sd,
+                                         alpha=0.05, power=0.8, alternative="larger" if inside else "two-sided")
+    assert seeds_needed(difference, sd, 1.0) == max(math.ceil(solved), 3)
+    assert seeds_needed(difference, sd, 1.0, seeds_now=1) == max(math.ceil(solved), 2)
+
+
+def test_the_seed_counts_docs_comparing_md_states():
+    """docs/comparing.md: "2–3 seeds per side for ±1 point at std 0.2, and 3 at std 0.3. A true
+    gap of 0.5 points needs 3 and 6." (2 by power at std 0.2; 3 once 2 seeds have not decided.)"""
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "comparing.md").read_text().split())
+    assert ("gives 2–3 seeds per side for ±1 point at std 0.2, and 3 at std 0.3. A true gap of 0.5 points "
+            "needs 3 and 6.") in text
+    assert (seeds_needed(0.0, 0.2, 1.0, seeds_now=1), seeds_needed(0.0, 0.2, 1.0)) == (2, 3)
+    assert seeds_needed(0.0, 0.3, 1.0) == 3
+    assert (seeds_needed(0.5, 0.2, 1.0), seeds_needed(0.5, 0.3, 1.0)) == (3, 6)

@@ -8,45 +8,85 @@ and the flax side) disagree: the worker count changes only who computes a batch,
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import random_crop_flip
 
 
-class EpochBatchSampler(Sampler):
-    """Yields the keys `(epoch, start) ... (epoch, len-1)` of one epoch (start is usually 0).
+def position_after(steps_done: int, steps_per_epoch: int) -> dict[str, int]:
+    """The loader position after `steps_done` optimizer steps: the epoch and batch to train next
+    (a run stopped at an epoch's end goes on with batch 0 of the next)."""
+    epoch, batch = divmod(int(steps_done), int(steps_per_epoch))
+    return {"epoch": epoch, "batch": batch}
 
-    Lightning calls `set_epoch` on `dataloader.sampler` before every epoch; the flax loop does
-    the same by hand, with `start` > 0 when it resumes from a checkpoint written mid-epoch. The
-    sampler runs in the main process, so this works with persistent workers.
+
+class EpochBatchSampler(Sampler):
+    """Yields the keys `(epoch, start) ... (epoch, len-1)` of one epoch; start is 0 but in the
+    epoch a run resumed in. The position is read when the first key is drawn, from, in order:
+
+    - a position given to `load_state_dict` ({"epoch", "batch"}: the next batch to train), once:
+      Lightning restores it from a checkpoint written mid-epoch, the flax loop from its step;
+    - `trained()`, where training has reached, when given (the Lightning DataModule gives the
+      trainer's step count): Lightning makes the first iterator of a resumed run, whose workers
+      draw keys at once, before its `set_epoch`;
+    - `set_epoch`, which Lightning calls before every epoch and the flax loop by hand.
+
+    `state_dict` saves `trained()`: the sampler cannot know it, since the loader and its workers
+    draw keys ahead of the batches trained. It runs in the main process, so all this works with
+    persistent workers.
     """
 
-    def __init__(self, num_batches: int, epoch: int = 0, position_source=None) -> None:
+    def __init__(self, num_batches: int, trained: Callable[[], dict[str, int]] | None = None) -> None:
         self.num_batches = int(num_batches)
-        self.epoch = int(epoch)
-        self.start = 0
-        # When given, a callable returning (epoch, first batch) of the epoch about to be iterated;
-        # it wins over set_epoch.
-        self.position_source = position_source
+        self.epoch = 0
+        self.trained = trained
+        self._loaded: dict[str, int] | None = None
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = int(epoch), int(start)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        if self.trained is None:
+            raise RuntimeError("this sampler does not know how far training has gone; give it `trained`")
+        return dict(self.trained())
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._loaded = {"epoch": int(state["epoch"]), "batch": int(state["batch"])}
+
+    def _position(self) -> tuple[int, int]:
+        if self._loaded is not None:
+            loaded, self._loaded = self._loaded, None
+            return loaded["epoch"], loaded["batch"]
+        if self.trained is not None:
+            trained = self.trained()
+            return trained["epoch"], trained["batch"]
+        return self.epoch, 0
 
     def __iter__(self):
         # A generator: the position is read when the first key is drawn, not when the iterator is
-        # made (Lightning makes the first one before it restores a resumed run's progress).
-        # It is read once, so set_epoch mid-iteration cannot change an epoch's keys.
-        if self.position_source is not None:
-            epoch, start = self.position_source()
-        else:
-            epoch, start = self.epoch, self.start
-        for i in range(int(start), self.num_batches):
-            yield (int(epoch), i)
+        # made, and read once, so that set_epoch mid-iteration cannot change an epoch's keys.
+        epoch, start = self._position()
+        for i in range(start, self.num_batches):
+            yield (epoch, i)
 
     def __len__(self) -> int:
         return self.num_batches
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning saves and restores the position of, through its sampler's
+    `state_dict`/`load_state_dict` (Lightning's stateful-loader protocol): a run resumed from a
+    checkpoint written mid-epoch goes on with the batch after the last one trained."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class BatchDataset(Dataset):

@@ -18,9 +18,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import sources
-from .batches import BatchDataset, EpochBatchSampler, to_numpy_nhwc, to_torch_nchw
+from .batches import (BatchDataset, EpochBatchSampler, ResumableDataLoader, position_after, to_numpy_nhwc,
+                      to_torch_nchw)
 from .errors import DataError
 from .streamed import StreamedBatchDataset, SubsetImages
+from .workers import ending_with_this_process, worker_context
 
 log = logging.getLogger(__name__)
 
@@ -206,15 +208,14 @@ class ImageDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
 
-    def _loader(self, split: str, collate_fn, pin_memory: bool) -> DataLoader:
+    def _loader(self, split: str, collate_fn, pin_memory: bool, start_method: str | None = None) -> DataLoader:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self._loaded()
         train = split == "train"
-        # Under a Trainer the position comes from the trainer's step count (see _trainer_position).
-        position_source = None
-        if train and collate_fn is to_torch_nchw and self.trainer is not None:
-            position_source = self._trainer_position
+        # Lightning's training loader is resumable: Lightning saves where training has reached
+        # (from the trainer's step count) in its checkpoints and restores it through load_state_dict.
+        resumable = train and collate_fn is to_torch_nchw and self.trainer is not None
         images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
         batch_size = self.batch_size if train else self.eval_batch_size
         common = dict(train=train, seed=self.seed, flip=train and self.hflip, rank=self.rank,
@@ -223,14 +224,16 @@ class ImageDataModule(L.LightningDataModule):
             dataset = StreamedBatchDataset(images, labels, batch_size, image_size=self.image_size, **common)
         else:
             dataset = BatchDataset(images, labels, batch_size, **common)
-        return DataLoader(
+        return (ResumableDataLoader if resumable else DataLoader)(
             dataset,
             batch_size=None,  # the dataset's items already are batches
-            sampler=EpochBatchSampler(len(dataset), position_source=position_source),
+            sampler=EpochBatchSampler(len(dataset), trained=self._trained if resumable else None),
             collate_fn=collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=pin_memory,
+            **(dict(multiprocessing_context=worker_context(start_method), worker_init_fn=ending_with_this_process())
+               if start_method and self.num_workers > 0 else {}),
         )
 
     def epoch_steps(self, limit_train_batches: int | float | None = None) -> int:
@@ -242,14 +245,9 @@ class ImageDataModule(L.LightningDataModule):
             steps = int(steps * limit_train_batches)
         return max(steps, 1)
 
-    def _trainer_position(self) -> tuple[int, int]:
-        # (epoch, first batch) of the epoch about to start, from the optimizer steps done.
-        # Lightning makes the first epoch's iterator before it restores a resumed run's progress,
-        # and its set_epoch is one epoch behind after an end-of-epoch checkpoint; global_step is
-        # restored before the fit loop draws a batch. A checkpoint written mid-epoch (Ctrl-C)
-        # resumes at the batch after the last one trained.
-        per_epoch = self.epoch_steps(self.trainer.limit_train_batches)
-        return divmod(self.trainer.global_step, per_epoch)
+    def _trained(self) -> dict[str, int]:
+        """Where the Trainer's training has reached: the epoch and batch it trains next."""
+        return position_after(self.trainer.global_step, self.epoch_steps(self.trainer.limit_train_batches))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", to_torch_nchw, torch.cuda.is_available())
@@ -270,9 +268,12 @@ class ImageDataModule(L.LightningDataModule):
                 log.warning(f"warning: cannot decode {name}; replaced by the next image of its "
                             f"split (counted in data/bad_images)")
 
-    def numpy_dataloader(self, split: str) -> DataLoader:
+    def numpy_dataloader(self, split: str, start_method: str = "forkserver") -> DataLoader:
         """The same batches as the torch loaders, as NHWC uint8 / int32 numpy (never pinned).
 
-        The caller calls `loader.sampler.set_epoch(epoch)` before each epoch, as Lightning does.
+        The caller calls `loader.sampler.set_epoch(epoch)` before each epoch, as Lightning does,
+        and resuming, `loader.sampler.load_state_dict(position_after(step, steps_per_epoch))`.
+        Workers start from a fork server, never by forking the caller (workers.py): the flax side
+        runs JAX, whose threads a forked child would inherit stopped, perhaps holding a lock.
         """
-        return self._loader(split, to_numpy_nhwc, pin_memory=False)
+        return self._loader(split, to_numpy_nhwc, pin_memory=False, start_method=start_method)

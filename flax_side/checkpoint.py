@@ -190,7 +190,7 @@ def _latest_step(directory: Path) -> int | None:
 
 def carry_over(source: Path, step: int, destination: Path, damaged: set[int] = frozenset()) -> None:
     """Copy checkpoint `step` of `source`, and the best one there unless it is `damaged`, into a
-    new run's folder.
+    new run's folder, with their torch copies (export_torch_weights).
 
     Every process calls it (opening a manager is a collective); process 0 copies."""
     best = create_manager(source, create=False).best_step()
@@ -198,6 +198,10 @@ def carry_over(source: Path, step: int, destination: Path, damaged: set[int] = f
         destination.mkdir(parents=True, exist_ok=True)
         for s in {step, best} - {None} - set(damaged):
             shutil.copytree(source / str(s), destination / str(s))
+            export = source.parent / TORCH_WEIGHTS / f"{s}.pt"
+            if export.is_file():
+                (destination.parent / TORCH_WEIGHTS).mkdir(exist_ok=True)
+                shutil.copyfile(export, destination.parent / TORCH_WEIGHTS / export.name)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("checkpoints carried over")
 

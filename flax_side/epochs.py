@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -23,6 +24,7 @@ from common.errors import Interrupted, TrainingError
 from common.interrupt import CtrlC
 from common.runs import interrupted_message
 from datamodules import ImageDataModule
+from datamodules.batches import position_after
 from flax_side import checkpoint
 from flax_side.devices import peak_memory_mb, prefetch_to_device, without_names
 from flax_side.state import TrainState
@@ -72,6 +74,9 @@ def train_epochs(loop: EpochLoop, state: TrainState, rng: jax.Array,
                  first_epoch: int) -> tuple[TrainState, float, int]:
     """The epochs from `first_epoch` on: the final state, and the seconds and images of their
     training loops."""
+    # Where the checkpoint's step left the loader: the batch after the last one trained, as
+    # Lightning restores it through the loader's load_state_dict.
+    loop.loaders["train"].sampler.load_state_dict(position_after(int(state.step), loop.steps_per_epoch))
     train_seconds, train_images = 0.0, 0
     for epoch in range(first_epoch, loop.config.epochs):
         state, seconds, images = run_epoch(loop, state, rng, epoch)
@@ -85,13 +90,13 @@ def run_epoch(loop: EpochLoop, state: TrainState, rng: jax.Array, epoch: int) ->
     # Past 0 only in the first epoch of a run resumed from a Ctrl-C checkpoint.
     first_batch = int(state.step) - epoch * loop.steps_per_epoch
     steps = loop.steps_per_epoch - first_batch
-    loop.loaders["train"].sampler.set_epoch(epoch, first_batch)
+    loop.loaders["train"].sampler.set_epoch(epoch)
     # The epoch's bar stays open through validation, to end with val/loss and val/acc
     # as Lightning's does.
     with tqdm(total=steps, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
               disable=jax.process_index() != 0) as bar:
         with StopRequest() as stop:
-            state, seconds = train_epoch(
+            state, seconds, means = train_epoch(
                 loop.train_step_fn, state, loop.loaders["train"], epoch=epoch, steps=steps,
                 log_every=loop.config.log_every, logger=loop.folder.logger, sharding=loop.sharding,
                 check_finite=not loop.loss_scaling, manager=loop.folder.manager, stop=stop, bar=bar,
@@ -99,7 +104,7 @@ def run_epoch(loop: EpochLoop, state: TrainState, rng: jax.Array, epoch: int) ->
         if stop.requested:
             raise save_ctrl_c_checkpoint(loop, state, rng, epoch)
         images = steps * loop.config.batch_size
-        end_epoch(loop, state, rng, epoch, seconds, images, bar)
+        end_epoch(loop, state, rng, epoch, seconds, images, means, bar)
     return state, seconds, images
 
 
@@ -107,18 +112,22 @@ def train_epoch(train_step_fn: Callable, state: TrainState, loader: Iterable, *,
                 steps: int, log_every: int, logger: TensorBoardLogger, sharding: NamedSharding,
                 check_finite: bool, manager: Any, stop: "StopRequest | None" = None,
                 bar: "tqdm | None" = None,
-                note_bad_images: Callable = lambda bad: None) -> tuple[TrainState, float]:
-    """One epoch of `steps` optimizer steps; returns the state and the loop's wall seconds.
+                note_bad_images: Callable = lambda bad: None) -> tuple[TrainState, float, dict[str, float]]:
+    """One epoch of `steps` optimizer steps; returns the state, the loop's wall seconds, and the
+    means of its batches' loss and accuracy (every batch is whole, so these are means over its images).
 
-    Metrics stay on the device; the host reads them only on logging steps. `bar` is the epoch's
-    progress bar, which the caller closes."""
+    Metrics stay on the device; the host reads them only on logging steps and at the end. `bar`
+    is the epoch's progress bar, which the caller closes."""
     first_step = int(state.step)
     bar = bar if bar is not None else tqdm(total=steps, disable=True)
     start = time.perf_counter()
     batches = without_names(itertools.islice(loader, steps), note_bad_images)
+    sums, trained = None, 0
     for i, batch in enumerate(prefetch_to_device(batches, sharding)):
         state, metrics = train_step_fn(state, batch)
-        step = first_step + i
+        step, trained = first_step + i, i + 1
+        epoch_metrics = {k: metrics[k] for k in ("loss", "acc")}
+        sums = epoch_metrics if sums is None else jax.tree.map(jnp.add, sums, epoch_metrics)
         log_step = (step + 1) % log_every == 0
         if log_step:
             metrics = jax.device_get(metrics)
@@ -133,18 +142,21 @@ def train_epoch(train_step_fn: Callable, state: TrainState, loader: Iterable, *,
             break
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
-    return state, seconds
+    means = {k: float(v) / trained for k, v in jax.device_get(sums).items()} if trained else {}
+    return state, seconds, means
 
 
 def end_epoch(loop: EpochLoop, state: TrainState, rng: jax.Array, epoch: int, seconds: float,
-              images: int, bar: tqdm) -> None:
-    """Validation, the epoch's scalars at its last step, and its checkpoint."""
+              images: int, train_means: dict[str, float], bar: tqdm) -> None:
+    """Validation, the epoch's scalars at its last step (train/*_epoch: the means of the batches
+    trained in this process, as Lightning's on_epoch=True), and its checkpoint."""
     config, folder = loop.config, loop.folder
     step = int(state.step) - 1
     val = loop.evaluate_on(state, loop.loaders["val"], limit=config.limit_val_batches)
     bar.set_postfix_str(", ".join(filter(None, (getattr(bar, "postfix", None), f"val/loss={val['loss']:.4f}",
                                                  f"val/acc={val['acc']:.4f}"))))
-    folder.logger.log_metrics({"val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
+    folder.logger.log_metrics({**{f"train/{k}_epoch": v for k, v in train_means.items()},
+                               "val/loss": val["loss"], "val/acc": val["acc"], "epoch": epoch,
                                "perf/epoch_seconds": seconds,
                                "perf/train_images_per_sec": images / seconds if seconds else math.nan,
                                "perf/peak_memory_mb": peak_memory_mb(),

@@ -9,6 +9,10 @@ import numpy as np
 from common.sides import SIDES
 
 COLOURS = {"lightning": "#792ee5", "flax": "#2a9d8f"}  # Lightning's purple, a teal for flax
+# The training curves are the epochs' means (train/*_epoch), a point per epoch whatever --log-every
+# is: a short run logs few per-step points, or none.
+TRAIN_LOSS = ("train/loss_epoch", "train loss (epoch mean)")
+TRAIN_ACC = ("train/acc_epoch", "train accuracy (epoch mean)")
 
 
 def _pyplot():
@@ -23,8 +27,7 @@ def _pyplot():
 def plot_pair(runs: Mapping[str, Mapping[str, list]], path: Path) -> None:
     """Loss, accuracy, LR and speed of one run per side against the optimizer step."""
     plt = _pyplot()
-    panels = [("train/loss", "train loss"), ("val/loss", "val loss"),
-              ("train/acc", "train accuracy"), ("val/acc", "val accuracy"),
+    panels = [TRAIN_LOSS, ("val/loss", "val loss"), TRAIN_ACC, ("val/acc", "val accuracy"),
               ("train/lr", "learning rate"), ("perf/train_images_per_sec", "train images/s")]
     fig, axes = plt.subplots(3, 2, figsize=(11, 10), constrained_layout=True)
     for ax, (tag, title) in zip(axes.flat, panels):
@@ -60,7 +63,7 @@ def plot_groups(groups: Sequence[dict], path: Path) -> None:
     fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4.2 * len(groups)), squeeze=False,
                              constrained_layout=True, gridspec_kw={"width_ratios": [2, 2, 1]})
     for row, group in zip(axes, groups):
-        for ax, (tag, title) in zip(row[:2], (("train/loss", "train loss"), ("val/acc", "val accuracy"))):
+        for ax, (tag, title) in zip(row[:2], (TRAIN_LOSS, ("val/acc", "val accuracy"))):
             for side in SIDES:
                 trials = group["trials"].get(side, [])
                 steps, mean, low, high = band([t.scalars.get(tag, []) for t in trials])

@@ -7,7 +7,6 @@ import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from common import disk_faults
 from common.errors import TrainingError
@@ -147,7 +146,7 @@ class StopBetweenSteps(L.Callback):
 
     From on_train_batch_end (this callback comes last) the step in flight has finished, LR
     scheduler included; the KeyboardInterrupt raised there hands over to Lightning's own
-    interrupt handling: LatestCheckpoints saves, the run ends. Under DDP the ranks agree on
+    interrupt handling: checkpoint_callbacks.LatestCheckpoints saves, the run ends. Under DDP the ranks agree on
     logging steps, as the flax side's processes do, so that all stop after the same step.
     """
 
@@ -171,22 +170,6 @@ class StopBetweenSteps(L.Callback):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
             self.ctrl_c.restore()
-
-
-class LatestCheckpoints(ModelCheckpoint):
-    """The newest epoch checkpoints and `last.ckpt`; on Ctrl-C, one more at the step reached.
-
-    Lightning's `save_on_exception` would also save after any error, a diverged run's NaN weights
-    included; only an interrupt is saved here. A run resumed from that checkpoint continues with
-    the next batch of the interrupted epoch (the DataModule reads its position from global_step).
-    """
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(save_on_exception=True, **kwargs)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            super().on_exception(trainer, pl_module, exception)
 
 
 class SkippedSteps(L.Callback):

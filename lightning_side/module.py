@@ -60,6 +60,8 @@ class ResNetModule(L.LightningModule):
         # syncs its counts on each step and the loss is logged with sync_dist.
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro",
                                                                         dist_sync_on_step=True)
+        # The epoch's accuracy over every batch it trained: train/acc_epoch.
+        self.train_epoch_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.eval_acc = nn.ModuleDict({stage: torchmetrics.classification.MulticlassAccuracy(
             num_classes, average="micro") for stage in ("val", "test")})
         self.eval_loss = nn.ModuleDict({stage: torchmetrics.MeanMetric() for stage in ("val", "test")})
@@ -80,6 +82,12 @@ class ResNetModule(L.LightningModule):
         self.train_acc(logits, labels)
         self.log("train/loss", loss, on_step=True, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
+        # The epoch's means, a point per epoch whatever --log-every is (Lightning's on_epoch=True;
+        # its own names for them, as on_step=True, on_epoch=True would write).
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=labels.shape[0],
+                 sync_dist=self.trainer.world_size > 1)
+        self.train_epoch_acc.update(logits, labels)
+        self.log("train/acc_epoch", self.train_epoch_acc, on_step=False, on_epoch=True)
         # The LR this step's update uses (the scheduler steps after the optimizer).
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)

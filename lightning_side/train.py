@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 
@@ -28,8 +28,9 @@ from common.errors import Interrupted, one_line, run_main
 from common.runs import interrupted_message, summary_line, warn_testing_without_best
 from datamodules import ImageDataModule
 from lightning_side import SIDE
-from lightning_side.callbacks import (BadImageCount, EpochThroughput, LatestCheckpoints, RunFolderGuard,
-                                      SkippedSteps, StopBetweenSteps, StopOnNonFiniteLoss)
+from lightning_side.callbacks import (BadImageCount, EpochThroughput, RunFolderGuard, SkippedSteps,
+                                      StopBetweenSteps, StopOnNonFiniteLoss)
+from lightning_side.checkpoint_callbacks import BestCheckpoint, LatestCheckpoints
 from lightning_side.checkpoint_io import AtomicCheckpointIO
 from lightning_side.module import ResNetModule
 from lightning_side.resume import check_resumable, resume_checkpoint
@@ -103,7 +104,7 @@ def create_logger(config: TrainConfig) -> TensorBoardLogger:
 class Callbacks(NamedTuple):
     """The run's callbacks, and by name the three that train() reads after fit."""
 
-    best: ModelCheckpoint  # by val/acc: the checkpoint the test split is evaluated with
+    best: BestCheckpoint  # by val/acc: the checkpoint the test split is evaluated with
     latest: LatestCheckpoints  # last.ckpt and the newest epochs, for --resume and Ctrl-C
     throughput: EpochThroughput  # images/s for the summary line
     all: list[L.Callback]  # the three above and the rest, in the Trainer's order
@@ -111,10 +112,8 @@ class Callbacks(NamedTuple):
 
 def create_callbacks(config: TrainConfig, extra: Sequence[L.Callback]) -> Callbacks:
     """The run's callbacks, with `extra` just before StopBetweenSteps, which comes last."""
-    # Two checkpoint callbacks: this Lightning refreshes save_last only when its own top-k saves, so a
-    # monitor="val/acc" callback alone would leave last.ckpt behind after an epoch that didn't improve.
-    best = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=1,
-                           filename="best-epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
+    best = BestCheckpoint(monitor="val/acc", mode="max", save_top_k=1,
+                          filename="best-epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
     latest = LatestCheckpoints(monitor="step", mode="max", save_top_k=KEEP_LAST, save_last="link",
                                filename="epoch{epoch:03d}-step{step}", auto_insert_metric_name=False)
     throughput = EpochThroughput()
@@ -144,9 +143,10 @@ def build_trainer(config: TrainConfig, logger: TensorBoardLogger, callbacks: lis
         logger=logger,
         callbacks=callbacks,
         log_every_n_steps=config.log_every,
-        limit_train_batches=config.limit_train_batches or 1.0,
-        limit_val_batches=config.limit_val_batches or 1.0,
-        limit_test_batches=config.limit_test_batches or 1.0,
+        # None where not given: Lightning's default, all batches, without a line saying so.
+        limit_train_batches=config.limit_train_batches,
+        limit_val_batches=config.limit_val_batches,
+        limit_test_batches=config.limit_test_batches,
         # The DataModule's sampler already fixes the global batch sequence for every rank, and
         # hands each rank its slice.
         use_distributed_sampler=False,
@@ -157,8 +157,12 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
         latest: LatestCheckpoints, run_name: str) -> None:
     """trainer.fit, from `ckpt_path` if given; Ctrl-C, once its checkpoint is written, becomes Interrupted."""
     try:
-        # weights_only: a checkpoint is data, never code to run.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with warnings.catch_warnings():
+            # Lightning's alarm that an epoch has fewer batches than --log-every: each epoch still
+            # gets its point, train/loss_epoch and train/acc_epoch (module.py).
+            warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
+            # weights_only: a checkpoint is data, never code to run.
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:  # Lightning's own ending after Ctrl-C, once its callbacks have run
         if not trainer.interrupted:
             raise
@@ -167,7 +171,7 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModu
 
 
 def evaluate_test_split(trainer: L.Trainer, module: L.LightningModule, datamodule: ImageDataModule,
-                         best: ModelCheckpoint, latest: LatestCheckpoints) -> dict[str, float]:
+                         best: BestCheckpoint, latest: LatestCheckpoints) -> dict[str, float]:
     """test/* of the best checkpoint, or of the last one, with a warning, where the best is
     missing or cannot be read."""
     path, problem = best.best_model_path or None, None

@@ -15,7 +15,7 @@ import pytest
 
 from common.sides import SIDES
 from tests.helpers.checkpoints import flat, model_weights
-from tests.helpers.in_process import run_main
+from tests.helpers.in_process import run_epochs_then_stop, run_main
 from tests.helpers.tb import scalars
 
 LIGHTNING_ARGV = ["--dataset", "digits", "--epochs", "6", "--limit-train-batches", "1", "--batch-size", "32",
@@ -88,6 +88,21 @@ def six_one_step_epochs(side: str, logdir: Path, monkeypatch, reference_runs) ->
     return Run(logdir / "flax" / "reference" / "version_0", evaluated[-1], final_params(done), warnings(done))
 
 
+@pytest.fixture(scope="module")
+def six_epochs(tmp_path_factory, reference_runs):
+    """side -> six_one_step_epochs's run of that side, run once for the tests that read it."""
+    runs = {}
+
+    def run(side: str) -> Run:
+        if side not in runs:
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                runs[side] = six_one_step_epochs(side, tmp_path_factory.mktemp(f"six-{side}"), monkeypatch,
+                                                 reference_runs)
+        return runs[side]
+
+    return run
+
+
 def earliest_best(version: Path) -> int:
     """The step count after the first epoch with the highest val/acc (val/acc is logged at the
     0-based index of an epoch's last step); fails unless the highest value was tied."""
@@ -116,11 +131,10 @@ def best_checkpoint(side: str, version: Path, best: int) -> Path:
 
 
 @pytest.mark.parametrize("side", SIDES)
-def test_six_epochs_keep_the_last_three_and_the_earliest_best_and_test_the_best(tmp_path, side, monkeypatch,
-                                                                               reference_runs):
+def test_six_epochs_keep_the_last_three_and_the_earliest_best_and_test_the_best(side, six_epochs):
     """Six epochs leave the last 3 epoch checkpoints and the best one, no more; a tie for the
     best keeps the earlier checkpoint; the test split is evaluated with its weights."""
-    run = six_one_step_epochs(side, tmp_path, monkeypatch, reference_runs)
+    run = six_epochs(side)
     best = earliest_best(run.version)
     assert best < 4  # so the best is not one of the last three anyway
     if side == "flax":
@@ -188,3 +202,43 @@ def test_an_unreadable_best_checkpoint_is_named_and_the_test_split_sees_the_last
     assert run.tested.keys() == run.last.keys()
     for key, value in run.last.items():
         np.testing.assert_array_equal(run.tested[key], value, err_msg=key)
+
+
+def split_by_a_resume(side: str, logdir: Path, monkeypatch, reference_runs) -> Run:
+    """six_one_step_epochs's run stopped after its third epoch, as a kill there would leave it,
+    then resumed to the end: the resumed run."""
+    if side == "lightning":
+        argv = LIGHTNING_ARGV + ["--logdir", str(logdir)]
+        run_epochs_then_stop(side, argv, epochs=3)
+        tested = weights_tested_by_lightning()
+        done = ended_well(run_main(side, argv + ["--resume", "last"], callbacks=[tested]))
+        version = logdir / "lightning" / "resnet20-digits" / "version_1"
+        return Run(version, tested.state, model_weights(side, version / "checkpoints" / "last.ckpt"), warnings(done))
+    argv = [*reference_runs["flax"].argv, "--epochs", "6", "--limit-train-batches", "1", "--warmup-epochs", "3",
+            "--logdir", str(logdir), "--num-workers", "0"]
+    with monkeypatch.context() as first:
+        evaluated_by_flax(first, [0.25, 0.75, 0.75])
+        run_epochs_then_stop(side, argv, epochs=3)
+    evaluated = evaluated_by_flax(monkeypatch, [0.5, 0.5, 0.5])  # below the best before the stop
+    done = ended_well(run_main(side, argv + ["--resume", "last"]))
+    return Run(logdir / "flax" / "reference" / "version_1", evaluated[-1], final_params(done), warnings(done))
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_the_best_before_a_resume_stays_the_best_and_is_tested(tmp_path, side, monkeypatch, reference_runs,
+                                                               six_epochs):
+    """Stopped after epoch 3 and resumed: the best checkpoint, the weights the test split sees and
+    the best val/acc are the uninterrupted run's, though the best came before the stop and ties
+    (the earliest wins) with epochs after it."""
+    straight = six_epochs(side)
+    best = earliest_best(straight.version)
+    assert best <= 3, f"the best must come before the stop for this test to bite: step {best}"
+    resumed = split_by_a_resume(side, tmp_path / "split", monkeypatch, reference_runs)
+    # The resumed folder holds the best as the uninterrupted one does, beside its own epochs.
+    assert best_checkpoint(side, resumed.version, best).exists(), kept(side, resumed.version)
+    assert kept(side, resumed.version)[0] == kept(side, straight.version)[0]
+    assert resumed.tested.keys() == straight.tested.keys()
+    for key, value in straight.tested.items():
+        np.testing.assert_array_equal(resumed.tested[key], value, err_msg=key)
+    for tag in ("test/acc", "test/loss"):
+        assert scalars(resumed.version)[tag] == scalars(straight.version)[tag], tag

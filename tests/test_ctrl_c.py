@@ -9,8 +9,10 @@ import os
 import re
 import signal
 import time
+import warnings
 
 import pytest
+import torch
 
 from common.interrupt import CtrlC
 from tests.helpers.checkpoints import assert_saved_alike, newest_step
@@ -85,8 +87,15 @@ def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_mid_epoch_exactly(tmp_p
     assert re.search("interrupted at step 4.*--resume last", errors[0]), errors[0]
     assert newest_step(side, first) == 4
 
-    resumed = run_main(side, base + ["--resume", "last"])
+    if side == "lightning":  # the loader's position, in the checkpoint for Lightning to restore
+        saved = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batch": 1}]
+
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        resumed = run_main(side, base + ["--resume", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not [w for w in warned if "not resumable" in str(w.message)]  # Lightning's, when it cannot restore the loader
     assert newest_step(side, second) == 6
     assert first_step(second) == 4  # after the Ctrl-C checkpoint
     assert_saved_alike(side, straight.version, second)

@@ -129,6 +129,9 @@ def test_an_immutable_logdir_is_one_line(tmp_path, side):
     assert not any(logdir.iterdir())
 
 
+# Runs of each side on a small tmpfs, as processes: slow. Fast: the whole-or-nothing .ckpt
+# through /dev/full and a full disk's one line (test_each_disk_fault_is_named_with_what_to_do).
+@pytest.mark.slow
 @pytest.mark.parametrize("side", SIDES)
 def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere(full_disk_runs, side):
     out = full_disk_runs["full", side]
@@ -300,6 +303,9 @@ def file_limit_runs(tmp_path_factory) -> tuple[Path, dict]:
                                      limited, env)
 
 
+# A run of each side as a process: slow. Fast: the EFBIG text of a real RLIMIT_FSIZE write in
+# test_each_disk_fault_is_named_with_what_to_do, and the whole-or-nothing .ckpt through /dev/full.
+@pytest.mark.slow
 @pytest.mark.parametrize("side", SIDES)
 def test_a_file_size_limit_is_one_line_and_leaves_no_part_of_a_checkpoint(file_limit_runs, side):
     logdir, done = file_limit_runs
@@ -366,7 +372,9 @@ def _bound_by_mode_bits_or_skip() -> list[str]:
         shutil.rmtree(probe)
 
 
-@pytest.mark.parametrize("side", SIDES)
+# As root, each side runs as a process without the capability to override the mode bits: the
+# flax one (its JAX start-up) in the slow suite.
+@pytest.mark.parametrize("side", ["lightning", pytest.param("flax", marks=pytest.mark.slow)])
 def test_a_folder_without_the_write_bit_is_one_line_for_a_normal_user(tmp_path, side):
     """As a user that mode bits bind: in this process where they bind it already (a normal user,
     root without CAP_DAC_OVERRIDE), else (root) as a process without that capability."""

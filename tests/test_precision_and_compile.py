@@ -79,9 +79,46 @@ def _relus_in_compiled_step(model_name, options):
     return step.lower(state, batch).compile().as_text().count(" maximum(")
 
 
-# resnet32 (5 blocks a stage, the smallest the remedy covers) in the fast suite: it fails when the
-# remedy's wiring or its threshold breaks; resnet44 compiles for a minute on 2 cores.
-@pytest.mark.parametrize("model_name,blocks", [("resnet32", 5), pytest.param("resnet44", 7, marks=pytest.mark.slow)])
+def test_the_steps_train_py_compiles_get_the_remedy_from_resnet32_on(monkeypatch):
+    """The wiring, without compiling: loop.py's compile_train_step and compile_eval_step hand
+    jax.jit the remedy's options for resnet32 (5 blocks a stage, the smallest it covers) and
+    none for resnet20. The compiled steps' ReLUs are counted in the slow test below."""
+    from flax_side import compiled_steps
+    from flax_side.compiled_steps import StepSpec, compile_eval_step, compile_train_step
+    from flax_side.devices import create_mesh
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    given = []
+
+    class NotCompiled:  # what jax.jit returns here: records the options, compiles nothing
+        def __init__(self, fun, **kwargs):
+            given.append(kwargs.get("compiler_options"))
+
+        def lower(self, *args):
+            return self
+
+        def compile(self):
+            return self
+
+    schedule = optax.constant_schedule(0.1)
+    for model_name, expected in (("resnet32", CPU_STEP_OPTIONS), ("resnet20", {})):
+        model = create_model(model_name, 10)
+        state = jax.eval_shape(lambda: create_train_state(
+            model, initial_variables(model, jax.random.key(0), (8, 8, 3)), schedule=schedule, momentum=0.9,
+            nesterov=True, weight_decay=1e-4, loss_scaling=False))
+        spec = StepSpec(model=model_name, batch_size=1, image_shape=(8, 8, 3), mean=np.full(3, 127.0),
+                        std=np.full(3, 64.0))
+        given.clear()
+        with monkeypatch.context() as jit_patched:
+            jit_patched.setattr(compiled_steps.jax, "jit", NotCompiled)
+            compile_train_step(state, schedule, spec, create_mesh(1))
+            compile_eval_step(state, spec, create_mesh(1))
+        assert given == [expected, expected], model_name
+    assert CPU_STEP_OPTIONS  # the remedy is options, not none
+
+
+@pytest.mark.slow  # compiles resnet32's and resnet44's train steps (a minute on 2 cores)
+@pytest.mark.parametrize("model_name,blocks", [("resnet32", 5), ("resnet44", 7)])
 @pytest.mark.usefixtures("no_compilation_cache")  # it reads the compiled step
 def test_the_step_train_py_compiles_computes_each_relu_once(monkeypatch, model_name, blocks):
     """The remedy reaches the step the trainer runs: flax_side/compiled_steps.compile_train_step,

@@ -2,13 +2,13 @@
 passes over what a kill or a damaged disk left; a path it cannot use, the other side's run
 included, is one line; and train.py processes stopped by Ctrl-C, then SIGKILL, resume to the end.
 
-The fast tests continue a copy of the reference run (tests/helpers/reference.py) in this process
-(tests/helpers/in_process.py). A flax run here loads no data in worker processes: JAX's threads
-make forking this process unsafe (the batches are the same).
+The fast tests continue a copy of the reference run (tests/helpers/reference.py), with its two
+loader workers, in this process (tests/helpers/in_process.py).
 """
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,39 +22,20 @@ from common.sides import SIDES
 from harness.lockstep import final_weights
 from harness.processes import finish, start_train
 from tests.helpers.checkpoints import assert_saved_alike, flat, newest_step
-from tests.helpers.in_process import run_main
+from tests.helpers.in_process import run_epochs_then_stop, run_main
 from tests.helpers.reference import REFERENCE_ARGV
 from tests.helpers.tb import first_step, scalars
 
 IN_THIS_PROCESS = {"lightning": [], "flax": ["--num-workers", "0"]}  # flags of a run in this process
 
 
-def run_the_first_epoch_only(side: str, argv: list[str]) -> None:
-    """An interruption at an epoch boundary, once that epoch's checkpoint is written: Lightning's
-    Trainer told to stop as the epoch ends, the flax loop interrupted as the next one starts."""
-    if side == "lightning":
-        import lightning as L
+def forbid_forking(monkeypatch) -> None:
+    """os.fork raises from here on: the flax side's loader workers start from a fork server, never
+    by forking its process, whose JAX threads a child would inherit stopped, perhaps mid-lock."""
+    def fork():
+        raise AssertionError("the flax side forked its process")
 
-        class StopAfterFirstEpoch(L.Callback):
-            def on_train_epoch_end(self, trainer, pl_module):
-                trainer.should_stop = True
-
-        done = run_main(side, argv, callbacks=[StopAfterFirstEpoch()])
-        assert done.returncode == 0, done.stderr[-3000:]
-        return
-    from flax_side import epochs
-
-    real_train_epoch = epochs.train_epoch
-
-    def interrupted_after_epoch_0(*args, epoch, **kwargs):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_train_epoch(*args, epoch=epoch, **kwargs)
-
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(epochs, "train_epoch", interrupted_after_epoch_0)
-        with pytest.raises(KeyboardInterrupt):
-            run_main(side, argv)
+    monkeypatch.setattr(os, "fork", fork)
 
 
 def checkpoint_names(version: Path) -> list[str]:
@@ -62,11 +43,13 @@ def checkpoint_names(version: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("side", SIDES)
-def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, reference_runs, side):
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, reference_runs, side, monkeypatch):
     straight = reference_runs[side]  # uninterrupted, with these flags
-    argv = [*straight.argv, "--logdir", str(tmp_path), "--run-name", "split", *IN_THIS_PROCESS[side]]
+    argv = [*straight.argv, "--logdir", str(tmp_path), "--run-name", "split"]  # 2 loader workers
     first, second = (tmp_path / side / "split" / f"version_{n}" for n in (0, 1))
-    run_the_first_epoch_only(side, argv)
+    if side == "flax":
+        forbid_forking(monkeypatch)
+    run_epochs_then_stop(side, argv, epochs=1)
     assert newest_step(side, first) == 3
     if side == "flax":
         assert checkpoint_names(first) == ["3"]
@@ -266,8 +249,11 @@ def test_the_other_sides_run_given_to_resume_points_to_init_from(tmp_path, side)
 # Real signals to train.py processes, and reruns, on both sides: the slow suite. Fast: the
 # resumes above and test_ctrl_c.py's Ctrl-C in the middle of a step.
 EPOCH, EPOCHS = 10, 3  # steps an epoch; a stop lands a few steps into the epoch after a checkpoint
+# A constant LR too high to learn on: val/acc does not rise after the first epoch, so the best
+# checkpoint comes before the stops (test_a_resumed_run_reports_and_tests_the_uninterrupted_runs_best).
 KILL_ARGV = ["--dataset", "digits", "--epochs", str(EPOCHS), "--limit-train-batches", str(EPOCH),
-             "--batch-size", "32", "--limit-val-batches", "1", "--limit-test-batches", "1", "--log-every", "1"]
+             "--batch-size", "32", "--limit-val-batches", "1", "--limit-test-batches", "1", "--log-every", "1",
+             "--lr", "0.2", "--milestones", "0.99", "--num-workers", "2"]
 
 
 def epoch_checkpoint_written(side: str, version: Path, epoch: int) -> bool:
@@ -278,7 +264,8 @@ def epoch_checkpoint_written(side: str, version: Path, epoch: int) -> bool:
 
 
 def start_both(logdir: Path, *extra: str) -> dict:
-    return {side: start_train(side, [*KILL_ARGV, "--logdir", str(logdir), *extra]) for side in SIDES}
+    return {side: start_train(side, [*KILL_ARGV, "--logdir", str(logdir), *extra], stdout=subprocess.PIPE)
+            for side in SIDES}
 
 
 def stop_both(started: dict, run: dict, how: str, epoch: dict) -> dict:
@@ -300,14 +287,25 @@ def stop_both(started: dict, run: dict, how: str, epoch: dict) -> dict:
         for process in started.values():
             os.killpg(process.pid, signal.SIGKILL)
         raise
-    return finish(started)
+    # What a killed run's loader workers (and flax's fork server) left running, before finish()
+    # waits for their ends of its pipes.
+    left = {side: [] for side in SIDES}
+    for side, process in started.items():
+        if how == "SIGKILL":
+            process.wait()
+            left[side] = left_running(process.pid)
+    ended = finish(started)
+    for side in SIDES:
+        ended[side].left_running = left[side]
+    return ended
 
 
 @pytest.fixture(scope="module")
 def kill_resume_runs(tmp_path_factory) -> dict:
     """side -> (the version folder of an uninterrupted run, the stopped run's folder, the
     CompletedProcesses of its three versions: stopped by Ctrl-C after the first epoch's
-    checkpoint, resumed and killed after the next epoch's, resumed to the end). The two sides
+    checkpoint, resumed and killed after the next epoch's, resumed to the end; the uninterrupted
+    run's CompletedProcess). The two sides
     run together, two processes at a time (more than the cores only slow each other down)."""
     logdir = tmp_path_factory.mktemp("runs")
     straight = finish(start_both(logdir))
@@ -325,28 +323,52 @@ def kill_resume_runs(tmp_path_factory) -> dict:
                        epoch={side: reached[side] // EPOCH for side in SIDES})
     resumed = finish(start_both(logdir, "--run-name", "stopped", "--resume", "last"))
     return {side: (logdir / side / "resnet20-digits" / "version_0", folder[side],
-                   (interrupted[side], killed[side], resumed[side])) for side in SIDES}
+                   (interrupted[side], killed[side], resumed[side]), straight[side]) for side in SIDES}
+
+
+def left_running(session: int, wait: float = 30.0) -> list[str]:
+    """The command lines of the processes still in `session` (a killed run's: start_train starts
+    each in a session of its own) once they have had `wait` seconds to notice; killed, if any."""
+    def members() -> dict[int, str]:
+        found = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == session and fields[0] != "Z":  # fields[3]: the session id
+                    found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ValueError, IndexError):
+                continue  # it ended while being read
+        return found
+
+    deadline = time.monotonic() + wait
+    while members() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = members()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return sorted(left.values())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("side", SIDES)
 def test_ctrl_c_saves_the_step_reached_and_says_how_to_go_on(side, kill_resume_runs):
-    _, run, (interrupted, killed, _) = kill_resume_runs[side]
+    _, run, (interrupted, killed, _), _ = kill_resume_runs[side]
     errors = [line for line in interrupted.stderr.splitlines() if line.startswith("error:")]
     assert interrupted.returncode == 130, interrupted.stderr[-3000:]
     assert len(errors) == 1 and "--resume last" in errors[0] and "Traceback" not in interrupted.stderr
     # The checkpoint of the step reached, after the first epoch's: the resumed (then killed)
     # version logs from the step after it, where one that started over would log from 0.
     reached = newest_step(side, run / "version_0")
-    assert reached >= EPOCH
+    assert reached > EPOCH  # a Ctrl-C checkpoint mid-epoch, not only the epoch end's
     assert killed.returncode == -signal.SIGKILL
+    assert killed.left_running == [], killed.left_running  # no loader worker outlived the kill
     assert first_step(run / "version_1") == reached
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("side", SIDES)
 def test_a_run_resumed_after_ctrl_c_and_sigkill_ends_like_an_uninterrupted_one(side, kill_resume_runs):
-    uninterrupted, run, (_, _, resumed) = kill_resume_runs[side]
+    uninterrupted, run, (_, _, resumed), _ = kill_resume_runs[side]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # It went on from the killed version's newest complete checkpoint (an epoch's end after
     # the Ctrl-C's step) to the end.
@@ -358,3 +380,33 @@ def test_a_run_resumed_after_ctrl_c_and_sigkill_ends_like_an_uninterrupted_one(s
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def best_checkpoint_name(side: str, version: Path) -> str:
+    """The name of the checkpoint a version folder tests with: Lightning's best-*.ckpt, flax's best step."""
+    if side == "lightning":
+        (best,) = (version / "checkpoints").glob("best-*.ckpt")
+        return best.name
+    from flax_side.checkpoint import create_manager
+
+    return str(create_manager(version / "checkpoints", create=False).best_step())
+
+
+def reported(completed: subprocess.CompletedProcess) -> str:
+    """'best val/acc X | test/acc Y' of a run's summary line."""
+    (line,) = [line for line in completed.stdout.splitlines() if " best val/acc " in line]
+    return line.split(" | ")[0].split("] ")[1] + " | " + line.split(" | ")[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", SIDES)
+def test_a_resumed_run_reports_and_tests_the_uninterrupted_runs_best(side, kill_resume_runs):
+    """Stopped by Ctrl-C and by SIGKILL after the best epoch: the run ends testing the checkpoint
+    the uninterrupted run tests, and reports the same best val/acc and test/acc."""
+    uninterrupted, run, (_, _, resumed), straight = kill_resume_runs[side]
+    val = [v for _, v in scalars(uninterrupted)["val/acc"]]
+    assert int(np.argmax(val)) < EPOCHS - 1, f"the best epoch must come before the stops for this test to bite: {val}"
+    assert best_checkpoint_name(side, run / "version_2") == best_checkpoint_name(side, uninterrupted)
+    for tag in ("test/acc", "test/loss"):
+        assert [v for _, v in scalars(run / "version_2")[tag]] == [v for _, v in scalars(uninterrupted)[tag]], tag
+    assert reported(resumed) == reported(straight)

@@ -9,6 +9,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import pytest
 
 from common.config import parse_config
@@ -44,6 +45,10 @@ def test_a_short_run_writes_the_design_tag_set(side, reference_runs):
         assert logged_lr == pytest.approx(lr(step), rel=1e-6, abs=1e-9), step
     for tag in ("val/loss", "val/acc", "perf/epoch_seconds", "perf/train_images_per_sec"):
         assert [s for s, _ in logged[tag]] == [2, 5], tag  # each epoch's last step
+    for tag in ("loss", "acc"):  # the epoch's mean, at its last step, of the batches logged above
+        means = [np.mean([v for s, v in logged[f"train/{tag}"] if s in epoch]) for epoch in (range(3), range(3, 6))]
+        assert [s for s, _ in logged[f"train/{tag}_epoch"]] == [2, 5], tag
+        assert [v for _, v in logged[f"train/{tag}_epoch"]] == pytest.approx(means, rel=1e-6), tag
     for tag in ("test/loss", "test/acc"):
         assert [s for s, _ in logged[tag]] == [6], tag  # the step count, as Lightning's test()
     assert (2, 0.0) in logged["epoch"] and (5, 1.0) in logged["epoch"]  # 0-based, at epoch end
@@ -131,7 +136,12 @@ def test_an_epoch_timed_at_zero_seconds_logs_nan_images_per_sec(tmp_path, side, 
         from flax_side import epochs
 
         real_train_epoch = epochs.train_epoch
-        monkeypatch.setattr(epochs, "train_epoch", lambda *a, **k: (real_train_epoch(*a, **k)[0], 0.0))
+
+        def timed_at_zero(*args, **kwargs):
+            state, _, means = real_train_epoch(*args, **kwargs)
+            return state, 0.0, means
+
+        monkeypatch.setattr(epochs, "train_epoch", timed_at_zero)
     done = run_main(side, [*reference_runs[side].argv, "--logdir", str(tmp_path), "--num-workers", "0"])
     assert done.returncode == 0, done.stderr[-3000:]
     logged = scalars(tmp_path / side / "reference" / "version_0")

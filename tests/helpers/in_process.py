@@ -104,3 +104,32 @@ def exit_code(main, argv: list[str]) -> int:
     except SystemExit as exit:
         return 0 if exit.code is None else exit.code if isinstance(exit.code, int) else 1
     return 0
+
+
+def run_epochs_then_stop(side: str, argv: Sequence[str], *, epochs: int) -> None:
+    """A run stopped at an epoch boundary, once the checkpoint of its `epochs`-th epoch is written,
+    as a kill there would leave it: Lightning's Trainer told to stop as that epoch ends, the flax
+    loop interrupted as the next one starts (before any step, so with no Ctrl-C checkpoint)."""
+    if side == "lightning":
+        import lightning as L
+
+        class StopThere(L.Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                trainer.should_stop = trainer.current_epoch + 1 >= epochs
+
+        done = run_main(side, argv, callbacks=[StopThere()])
+        assert done.returncode == 0, done.stderr[-3000:]
+        return
+    from flax_side import epochs as flax_epochs
+
+    real_train_epoch = flax_epochs.train_epoch
+
+    def stopped_there(*args, epoch, **kwargs):
+        if epoch == epochs:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, epoch=epoch, **kwargs)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(flax_epochs, "train_epoch", stopped_there)
+        with pytest.raises(KeyboardInterrupt):
+            run_main(side, argv)

@@ -3,7 +3,7 @@
 from harness.events import scalars
 
 # docs/design.md's tag set; train/loss_scale is written under 16-mixed only.
-DESIGN_TAGS = {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "test/loss",
+DESIGN_TAGS = {"train/loss", "train/acc", "train/lr", "train/loss_epoch", "train/acc_epoch", "val/loss", "val/acc", "test/loss",
                "test/acc", "perf/train_images_per_sec", "perf/epoch_seconds", "epoch"}
 
 

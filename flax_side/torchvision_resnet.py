@@ -25,11 +25,12 @@ from flax import linen as nn
 
 from flax_side.batchnorm import BatchNorm
 
+# Plain JAX initialisers, which the NNX twin uses too (nnx_side/torchvision_resnet.py).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # untruncated, fan_out
 dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
 
 
-def _uniform_bias(fan_in: int):
+def uniform_bias(fan_in: int):
     """torch's Linear bias init: U(+-1/sqrt(fan_in)), which the bias's own shape cannot tell."""
     bound = fan_in ** -0.5
 
@@ -113,6 +114,6 @@ class ResNet(nn.Module):
                 x = block(64 * 2 ** (stage - 1), stride, name=f"layer{stage}_{i}")(x, train)
         x = jnp.mean(x, axis=(1, 2))
         # Logits in float32 (or wider), so the loss is never computed in half precision.
-        return nn.Dense(self.num_classes, kernel_init=dense_init, bias_init=_uniform_bias(x.shape[-1]),
+        return nn.Dense(self.num_classes, kernel_init=dense_init, bias_init=uniform_bias(x.shape[-1]),
                         dtype=jnp.promote_types(self.dtype, jnp.float32),
                         param_dtype=self.param_dtype, name="fc")(x)

@@ -1,39 +1,20 @@
 """The NNX twin of torchvision.models.resnet18/34/50 (ResNet v1.5), NHWC.
 
-Mirrors flax_side/torchvision_resnet.py: the same variable names (`layer1.0.downsample.1` in
-torchvision is `layer1_0/downsample_1` here), so the linen side's converter maps torchvision
-state_dicts. The traps are the same:
-
-- padding is torch's, never "SAME": the 7x7 stride-2 stem pads (3, 3), every 3x3 conv (1, 1)
-  (for stride 2 "SAME" would pad (0, 1)), and the 3x3 stride-2 max-pool (1, 1) with -inf;
-- torchvision's init: conv kernels kaiming_normal_(mode="fan_out", nonlinearity="relu"),
-  untruncated; BatchNorm scale 1, bias 0; the classifier keeps torch's Linear default, weight
-  *and bias* uniform in +-1/sqrt(fan_in);
-- v1.5: a bottleneck's stride is on its 3x3 conv, not on the first 1x1;
-- zero_init_residual: the last BatchNorm of each block starts at scale 0.
+Mirrors flax_side/torchvision_resnet.py, whose docstring lists the traps (torch's padding, never
+"SAME"; torchvision's init; v1.5's bottleneck stride; zero_init_residual), and takes its
+initialisers from there: the same variable names (`layer1.0.downsample.1` in torchvision is
+`layer1_0/downsample_1` here), so the linen side's converter maps torchvision state_dicts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flax_side.torchvision_resnet import conv_init, dense_init, uniform_bias
 from nnx_side.batchnorm import BatchNorm
-
-conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # untruncated, fan_out
-dense_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
-
-
-def _uniform_bias(fan_in: int):
-    """torch's Linear bias init: U(+-1/sqrt(fan_in)), which the bias's own shape cannot tell."""
-    bound = fan_in ** -0.5
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
 
 
 def _conv(in_features, features, kernel, stride, *, dtype, param_dtype, rngs):
@@ -135,7 +116,7 @@ class ResNet(nnx.Module):
         self.blocks = tuple(names)
         # Logits in float32 (or wider), so the loss is never computed in half precision.
         self.fc = nnx.Linear(in_features, num_classes, kernel_init=dense_init,
-                             bias_init=_uniform_bias(in_features),
+                             bias_init=uniform_bias(in_features),
                              dtype=jnp.promote_types(dtype, jnp.float32), param_dtype=param_dtype,
                              rngs=rngs)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SIDES = ("lightning", "flax")
+SIDES = ("lightning", "flax", "nnx")
+# What the tools (harness.sweep, harness.compare) run and compare unless --sides says otherwise:
+# Lightning against Flax as linen writes it, the comparison the harness was built for.
+DEFAULT_SIDES = ("lightning", "flax")
 
 # Beside each flax checkpoint, a torch copy of its weights: <version>/torch_weights/<step>.pt,
 # which the flax side writes and the Lightning side's --init-from reads.

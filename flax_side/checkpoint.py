@@ -63,8 +63,7 @@ def create_manager(directory: str | Path, create: bool = True) -> ocp.Checkpoint
 
 
 def _items(state: TrainState, rng: jax.Array) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state, "dynamic_scale": state.dynamic_scale,
+    return {**state.checkpoint_items(),
             # numpy: the key lives on one device of each process, which Orbax cannot save
             # with several processes; it is the same on all of them.
             "rng": np.asarray(jax.random.key_data(rng))}
@@ -75,14 +74,15 @@ def save(manager: ocp.CheckpointManager, state: TrainState, rng: jax.Array, *, e
     """Starts saving `state` under its step; returns before the files are written."""
     step = int(state.step)
     meta = {"epochs_done": epochs_done, "metrics": dict(metrics), "config": dict(config)}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_items(state, rng)),
+    items = _items(state, rng)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(items),
                                                meta=ocp.args.JsonSave(meta)),
                  metrics={**metrics, "step": step})
     if jax.process_index() == 0:  # every process holds the same replicated weights
-        export_torch_weights(manager, state, step)
+        export_torch_weights(manager, items, step)
 
 
-def export_torch_weights(manager: ocp.CheckpointManager, state: TrainState, step: int) -> None:
+def export_torch_weights(manager: ocp.CheckpointManager, items: Mapping[str, Any], step: int) -> None:
     """A torch state_dict of the weights beside each kept checkpoint, in <version>/torch_weights/.
 
     The Lightning side imports no JAX, so this copy is what lets its --init-from start from a
@@ -90,7 +90,7 @@ def export_torch_weights(manager: ocp.CheckpointManager, state: TrainState, step
     from flax_side import convert  # the one module of this side that imports torch
 
     exports = Path(manager.directory).parent / TORCH_WEIGHTS
-    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    variables = jax.device_get({"params": items["params"], "batch_stats": items["batch_stats"]})
     convert.save_torch_state_dict(variables, exports / f"{step}.pt")
     kept = set(manager.all_steps()) | {step}
     for path in exports.glob("*.pt"):
@@ -113,20 +113,20 @@ def drop_unfinished_exports(manager: ocp.CheckpointManager) -> None:
 
 # --------------------------------------------------------------------------- resuming
 
-def candidates(resume: str, logdir: str | Path, run_name: str) -> list[tuple[Path, int]]:
+def candidates(resume: str, logdir: str | Path, run_name: str, side: str) -> list[tuple[Path, int]]:
     """What --resume may continue from, in order: for 'last' every complete checkpoint of the
     run, newest first (a damaged one is passed over for the next); otherwise the one named."""
     if resume != "last":
         return [find(resume, logdir, run_name)]
     found = []
-    for version in reversed(versions(logdir, "flax", run_name)):
+    for version in reversed(versions(logdir, side, run_name)):
         directory = version / CHECKPOINTS
         if directory.is_dir():
             found += [(directory, step) for step in sorted(
                 (int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir()),
                 reverse=True)]
     if not found:
-        find(resume, logdir, run_name)  # raises the one-line error
+        find(resume, logdir, run_name, side)  # raises the one-line error
     return found
 
 
@@ -150,23 +150,23 @@ def restore_newest(choices: list[tuple[Path, int]], state: TrainState, rng: jax.
     raise CheckpointError(f"--resume last: no checkpoint of the run reads back whole; the newest: {passed[0]}")
 
 
-def find(resume: str, logdir: str | Path, run_name: str) -> tuple[Path, int]:
+def find(resume: str, logdir: str | Path, run_name: str, side: str = "flax") -> tuple[Path, int]:
     """(checkpoints folder, step) for --resume: 'last', a checkpoints folder, a step folder
     inside one, or a version folder."""
     if resume == "last":
-        for version in reversed(versions(logdir, "flax", run_name)):
+        for version in reversed(versions(logdir, side, run_name)):
             directory = version / CHECKPOINTS
             step = _latest_step(directory) if directory.is_dir() else None
             if step is not None:
                 return directory, step
         raise CheckpointError(f"--resume last: no checkpoint of run {run_name!r} under "
-                              f"{Path(logdir) / 'flax' / run_name}; check --run-name and --logdir")
+                              f"{Path(logdir) / side / run_name}; check --run-name and --logdir")
     path = Path(resume)
     lightning = ("; to start from a Lightning run's weights, give it to --init-from"
                  if path.suffix == ".ckpt" or any(path.glob("checkpoints/*.ckpt")) or any(path.glob("*.ckpt"))
                  else "")
     if path.is_file():
-        raise CheckpointError(f"--resume {path}: a file; the flax side resumes from its own "
+        raise CheckpointError(f"--resume {path}: a file; the {side} side resumes from its own "
                               f"checkpoint folders (a version, checkpoints or step folder), or 'last'{lightning}")
     if not path.is_dir():
         raise CheckpointError(f"--resume {path}: no such folder; give a checkpoints folder, "
@@ -179,7 +179,7 @@ def find(resume: str, logdir: str | Path, run_name: str) -> tuple[Path, int]:
         path = path / CHECKPOINTS
     step = _latest_step(path)
     if step is None:
-        raise CheckpointError(f"--resume {path}: no flax checkpoint in this folder{lightning}")
+        raise CheckpointError(f"--resume {path}: no {side} checkpoint in this folder{lightning}")
     return path, step
 
 
@@ -219,9 +219,7 @@ def restore(directory: Path, step: int, state: TrainState,
                               f"its files are damaged, or a run of another --model, --dataset or "
                               f"--precision wrote it") from None
     items = restored["state"]
-    state = state.replace(step=items["step"], params=items["params"],
-                          batch_stats=items["batch_stats"], opt_state=items["opt_state"],
-                          dynamic_scale=items["dynamic_scale"])
+    state = state.with_checkpoint_items(items)
     rng = jax.random.wrap_key_data(items["rng"], impl=jax.random.key_impl(rng))
     return state, rng, dict(restored["meta"])
 

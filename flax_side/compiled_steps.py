@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,22 +50,25 @@ def batch_specs(spec: StepSpec, mesh: Mesh) -> tuple[jax.ShapeDtypeStruct, ...]:
 
 
 def compile_train_step(state: TrainState, schedule: optax.Schedule, spec: StepSpec, mesh: Mesh,
-                       compiler_options: dict[str, str] | None = None) -> jax.stages.Compiled:
+                       compiler_options: dict[str, str] | None = None, *,
+                       step: Callable = train_step) -> jax.stages.Compiled:
     """(state, (images, labels)) -> (state, metrics), the state donated. `compiler_options`:
-    None for train.py's (compiler_options.py), {} for XLA's defaults."""
+    None for train.py's (compiler_options.py), {} for XLA's defaults. `step`: steps.py's, or the
+    NNX side's twin (nnx_side/steps.py), which takes and returns its own state."""
     if compiler_options is None:  # CPU, CIFAR ResNets: no fusion pass (compiler_options.py)
         compiler_options = step_compiler_options(spec.model)
     images, labels, _ = batch_specs(spec, mesh)
-    return jax.jit(functools.partial(train_step, schedule=schedule, **spec.static_arguments()),
+    return jax.jit(functools.partial(step, schedule=schedule, **spec.static_arguments()),
                    donate_argnums=0, out_shardings=replicated(mesh), compiler_options=compiler_options
                    ).lower(state, (images, labels)).compile()
 
 
 def compile_eval_step(state: TrainState, spec: StepSpec, mesh: Mesh,
-                      compiler_options: dict[str, str] | None = None) -> jax.stages.Compiled:
+                      compiler_options: dict[str, str] | None = None, *,
+                      step: Callable = eval_step) -> jax.stages.Compiled:
     """(state, (images, labels), mask) -> sums over the masked-in examples (steps.eval_step)."""
     if compiler_options is None:
         compiler_options = step_compiler_options(spec.model)
     images, labels, mask = batch_specs(spec, mesh)
-    return jax.jit(functools.partial(eval_step, **spec.static_arguments()), out_shardings=replicated(mesh),
+    return jax.jit(functools.partial(step, **spec.static_arguments()), out_shardings=replicated(mesh),
                    compiler_options=compiler_options).lower(state, (images, labels), mask).compile()

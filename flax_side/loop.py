@@ -1,4 +1,5 @@
-"""The flax side's driver, `train_and_evaluate(config) -> TrainState`, in reading order.
+"""The flax side's driver, `train_and_evaluate(config) -> TrainState`, in reading order; with
+NNX's API (flax_side/api.py) it drives the NNX side too.
 
     precision -> devices -> data -> model and state (fresh, --init-from or --resume)
     -> version folder: logger, hparams.yaml, checkpoints -> steps, compiled before the clock starts
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
-from flax import linen as nn
 from jax.sharding import Mesh
 
 from common.config import TrainConfig
@@ -33,19 +33,19 @@ from common.errors import TrainingError
 from common.runs import summary_line
 from datamodules import ImageDataModule
 from flax_side import checkpoint
+from flax_side.api import LINEN, FlaxApi
 from flax_side.compiled_steps import StepSpec, compile_eval_step, compile_train_step
 from flax_side.devices import batch_sharding, create_loaders, create_mesh, replicated
 from flax_side.epochs import EpochLoop, train_epochs
 from flax_side.evaluation import evaluate, evaluate_test_split
-from flax_side.models import create_model
 from flax_side.precision import Precision, setup_precision
 from flax_side.schedules import create_schedule, optimizer_steps_per_epoch
-from flax_side.state import TrainState, create_train_state, initial_variables
 from flax_side.version_folder import CarryOver, lead_process, open_version_folder
 
 
-def train_and_evaluate(config: TrainConfig) -> TrainState:
-    """The run, step by step as the module's docstring lists them; returns the final state."""
+def train_and_evaluate(config: TrainConfig, api: FlaxApi = LINEN) -> Any:
+    """The run, step by step as the module's docstring lists them, with `api`'s state and steps
+    (linen's; nnx_side/loop.py passes NNX's); returns the final state."""
     wall_start = time.perf_counter()
     precision = setup_precision(config)
     if config.resume and config.init_from:
@@ -57,13 +57,12 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
     loaders = create_loaders(data)
     steps_per_epoch = optimizer_steps_per_epoch(config, data.steps_per_epoch)
     schedule = create_schedule(config, steps_per_epoch)
-    model = create_model(config.model, data.num_classes, dtype=precision.compute_dtype,
-                         param_dtype=precision.param_dtype, zero_init_residual=config.zero_init_residual)
-    state, rng, first_epoch, carry_over = create_state(config, model, schedule, data.image_shape, precision, mesh)
-    folder = open_version_folder(config, carry_over)
+    new_state = functools.partial(api.new_state, config, data.num_classes, data.image_shape, precision, schedule)
+    state, rng, first_epoch, carry_over = create_state(config, api.side, new_state, mesh)
+    folder = open_version_folder(config, api.side, carry_over)
     spec = step_spec(config, data, precision)
-    train_step_fn = compile_train_step(state, schedule, spec, mesh)
-    evaluate_on = evaluator(compile_eval_step(state, spec, mesh), config, data, mesh)
+    train_step_fn = compile_train_step(state, schedule, spec, mesh, step=api.train_step)
+    evaluate_on = evaluator(compile_eval_step(state, spec, mesh, step=api.eval_step), config, data, mesh)
     epoch_loop = EpochLoop(config=config, data=data, loaders=loaders, steps_per_epoch=steps_per_epoch,
                            train_step_fn=train_step_fn, evaluate_on=evaluate_on, folder=folder,
                            sharding=batch_sharding(mesh), loss_scaling=precision.loss_scaling)
@@ -73,38 +72,36 @@ def train_and_evaluate(config: TrainConfig) -> TrainState:
             evaluate_on, state, rng, loaders["test"], limit=config.limit_test_batches, epochs=config.epochs,
             manager=folder.manager, logger=folder.logger)
     if lead:
-        print(summary_line("flax", best_val_acc, test_acc, train_images / train_seconds if train_seconds else 0.0,
+        print(summary_line(api.side, best_val_acc, test_acc, train_images / train_seconds if train_seconds else 0.0,
                            time.perf_counter() - wall_start, folder.path), flush=True)
     return state
 
 
 # --------------------------------------------------------------------------- the state
 
-def create_state(config: TrainConfig, model: nn.Module, schedule: Callable, image_shape: tuple[int, int, int],
-                 precision: Precision, mesh: Mesh) -> tuple[TrainState, jax.Array, int, CarryOver | None]:
+def create_state(config: TrainConfig, side: str, new_state: Callable, mesh: Mesh
+                 ) -> tuple[Any, jax.Array, int, CarryOver | None]:
     """(state, RNG, first epoch, what to carry over): fresh from --seed, or --init-from weights,
-    or everything from --resume. The state is replicated over the mesh."""
+    or everything from --resume. `new_state(rng, variables=None)` is the API's; the state is
+    replicated over the mesh."""
     rng, init_rng = jax.random.split(jax.random.key(config.seed))
-    init = functools.partial(initial_variables, model, image_shape=image_shape)
-    make_state = functools.partial(create_train_state, model, schedule=schedule,
-                                   momentum=config.momentum, nesterov=config.nesterov,
-                                   weight_decay=config.weight_decay, loss_scaling=precision.loss_scaling)
     if config.resume:
         # Shapes, dtypes and shardings only: every value comes from the checkpoint.
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)),
-                              jax.eval_shape(lambda r: make_state(init(r)), init_rng))
-        return restore_state(config, target, rng)
+                              jax.eval_shape(new_state, init_rng))
+        return restore_state(config, side, target, rng)
+    variables = None
     if config.init_from:
-        variables = checkpoint.load_initial_weights(config.init_from, jax.eval_shape(init, init_rng))
-    else:
-        variables = init(init_rng)
-    return jax.device_put(make_state(variables), replicated(mesh)), rng, 0, None
+        items = jax.eval_shape(lambda r: new_state(r).checkpoint_items(), init_rng)
+        variables = checkpoint.load_initial_weights(
+            config.init_from, {key: items[key] for key in ("params", "batch_stats")})
+    return jax.device_put(new_state(init_rng, variables), replicated(mesh)), rng, 0, None
 
 
-def restore_state(config: TrainConfig, target: TrainState,
-                  rng: jax.Array) -> tuple[TrainState, jax.Array, int, CarryOver]:
+def restore_state(config: TrainConfig, side: str, target: Any,
+                  rng: jax.Array) -> tuple[Any, jax.Array, int, CarryOver]:
     """--resume: the newest of its checkpoints that reads back whole, into `target`'s structure."""
-    choices = checkpoint.candidates(config.resume, config.logdir, config.run_name)
+    choices = checkpoint.candidates(config.resume, config.logdir, config.run_name, side)
     state, rng, meta, source, source_step, damaged = checkpoint.restore_newest(choices, target, rng)
     return state, rng, meta["epochs_done"], CarryOver(source, source_step, damaged)
 

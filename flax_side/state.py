@@ -30,10 +30,24 @@ class TrainState(train_state.TrainState):
     dynamic_scale: DynamicScale | None
     weight_decay: float = struct.field(pytree_node=False, default=0.0)
 
+    def checkpoint_items(self) -> dict[str, Any]:
+        """What a checkpoint holds (flax_side/checkpoint.py); nnx_side's state gives the same items."""
+        return {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
+                "opt_state": self.opt_state, "dynamic_scale": self.dynamic_scale}
+
+    def with_checkpoint_items(self, items: dict[str, Any]) -> "TrainState":
+        return self.replace(**{key: items[key] for key in self.checkpoint_items()})
+
 
 def decay_mask(params: Any) -> Any:
-    """True for the leaves weight decay applies to: conv and dense kernels, nothing else."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+    """True for the leaves weight decay applies to: conv and dense kernels, nothing else.
+
+    The leaf's name is the last dict key of its path: in linen's params the path ends there, in
+    an NNX state (the NNX side's optimizer) it goes on into the `nnx.Param` holding the array."""
+    def is_kernel(path, _) -> bool:
+        return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1] == "kernel"
+
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
 
 
 def create_optimizer(schedule: optax.Schedule, *, momentum: float, nesterov: bool,

@@ -84,6 +84,12 @@ def eval_step(state: TrainState, batch: Batch, mask: jax.Array, *, mean: np.ndar
     images, labels = batch
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                             normalise(images, mean, std, input_dtype), train=False)
+    return masked_sums(logits, labels, mask, label_smoothing)
+
+
+def masked_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array,
+                label_smoothing: float) -> dict[str, jax.Array]:
+    """The loss sum, correct count and example count over the examples where `mask` is True."""
     losses = cross_entropy(logits, labels, label_smoothing)
     correct = jnp.argmax(logits, -1) == labels
     return {"loss_sum": jnp.sum(jnp.where(mask, losses, 0)),

@@ -11,6 +11,7 @@ logs/flax/<run-name>/version_N for `tensorboard --logdir logs`. The work is done
 flax_side/loop.py; this file parses the flags, prepares the devices and reports errors.
 """
 
+import importlib
 import multiprocessing
 import os
 import sys
@@ -21,7 +22,12 @@ from common.errors import fail, one_line, run_main
 
 
 def main(argv=None) -> None:
-    config = parse_config("flax", argv)
+    launch("flax", argv)
+
+
+def launch(side: str, argv=None) -> None:
+    """main() of this side and of the NNX side (nnx_side/train.py), which share this driver."""
+    config = parse_config(side, argv)
     # XLA's persistent compilation cache: a second run of the same step skips its compilation.
     # JAX_COMPILATION_CACHE_DIR overrides.
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning-vs-flax" / "jax"
@@ -33,9 +39,9 @@ def main(argv=None) -> None:
     if config.num_nodes > 1:
         join_processes(config)
 
-    from flax_side.loop import train_and_evaluate
-
-    run_main(lambda: train_and_evaluate(config), config.logdir, on_disk_fault=leave_at_once)
+    driver = importlib.import_module(f"{side}_side.loop")
+    run_main(lambda: driver.train_and_evaluate(config), config.logdir,
+             on_disk_fault=lambda code: leave_at_once(code))
 
 
 def leave_at_once(code: int) -> None:

@@ -1,6 +1,6 @@
 """The run's version folder: its TensorBoard logger, hparams.yaml and checkpoint manager.
 
-A new version folder every run, resumed runs included: logs/flax/<run-name>/version_N, numbered
+A new version folder every run, resumed runs included: logs/<side>/<run-name>/version_N, numbered
 as Lightning's TensorBoardLogger numbers them. A resumed run first gets a copy of the checkpoints
 it resumed from (checkpoint.carry_over), so each version folder is complete on its own.
 """
@@ -64,21 +64,21 @@ class VersionFolder:
             self.logger.finalize("failed" if exc_type is not None else "success")
 
 
-def create_logger(config: TrainConfig) -> TensorBoardLogger:
+def create_logger(config: TrainConfig, side: str) -> TensorBoardLogger:
     """The next version of the run; with several processes, process 0 picks it and tells the others."""
-    logger = TensorBoardLogger(root_dir=Path(config.logdir) / "flax", name=config.run_name,
+    logger = TensorBoardLogger(root_dir=Path(config.logdir) / side, name=config.run_name,
                                default_hp_metric=False)
     if jax.process_count() > 1:
         lead = jax.process_index() == 0
         version = multihost_utils.broadcast_one_to_all(np.int32(logger.version if lead else 0))
-        logger = TensorBoardLogger(root_dir=Path(config.logdir) / "flax", name=config.run_name,
+        logger = TensorBoardLogger(root_dir=Path(config.logdir) / side, name=config.run_name,
                                    version=int(version), default_hp_metric=False)
     return logger
 
 
-def open_version_folder(config: TrainConfig, carry_over: CarryOver | None) -> VersionFolder:
+def open_version_folder(config: TrainConfig, side: str, carry_over: CarryOver | None) -> VersionFolder:
     """A new version folder with the run's hparams (and, resuming, the checkpoints it came from)."""
-    logger = create_logger(config)
+    logger = create_logger(config, side)
     path = Path(logger.log_dir)
     logger.log_hyperparams(config.to_dict())
     run_folder = None

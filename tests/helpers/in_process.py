@@ -19,7 +19,8 @@ from common.sides import train_command
 
 # The function each side's main() hands the parsed flags to: what a test wraps to add Lightning
 # callbacks or to keep what the run returned.
-DRIVERS = {"lightning": ("lightning_side.train", "train"), "flax": ("flax_side.loop", "train_and_evaluate")}
+DRIVERS = {"lightning": ("lightning_side.train", "train"), "flax": ("flax_side.loop", "train_and_evaluate"),
+           "nnx": ("nnx_side.loop", "train_and_evaluate")}
 
 
 class InProcessRun(subprocess.CompletedProcess):
@@ -56,8 +57,9 @@ def run_main(side: str, argv: Sequence[str], *, callbacks: Sequence = ()) -> InP
         keep_process_hooks(monkeypatch)
         if side == "lightning":
             lightning_logs_to(sys.stderr, monkeypatch)
-        if side == "flax":
-            monkeypatch.setattr(script, "leave_at_once", exit_by_system_exit(script.leave_at_once))
+        if side in ("flax", "nnx"):  # NNX's main is the flax side's (flax_side/train.py's launch)
+            flax_script = importlib.import_module("flax_side.train")
+            monkeypatch.setattr(flax_script, "leave_at_once", exit_by_system_exit(flax_script.leave_at_once))
         monkeypatch.setattr(driver_module, name, recorded)
         code = exit_code(script.main, list(argv))
     run = InProcessRun(train_command(side, list(argv)), code, out.getvalue(), err.getvalue())

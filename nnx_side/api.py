@@ -1,0 +1,36 @@
+"""The NNX side as the flax side's driver runs it (flax_side/api.py): its fresh state and its steps."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import optax
+from flax import nnx
+
+from common.config import TrainConfig
+from flax_side.api import FlaxApi
+from flax_side.precision import Precision
+from nnx_side import SIDE, steps
+from nnx_side.convert import linen_to_nnx
+from nnx_side.models import create_model
+from nnx_side.state import Split, create_train_state
+
+
+def new_nnx_state(config: TrainConfig, num_classes: int, image_shape: tuple[int, int, int],
+                  precision: Precision, schedule: optax.Schedule, rng: jax.Array,
+                  variables: Mapping[str, Any] | None = None) -> Split:
+    def build(rng):
+        model = create_model(config.model, num_classes, rngs=nnx.Rngs(rng), dtype=precision.compute_dtype,
+                             param_dtype=precision.param_dtype, zero_init_residual=config.zero_init_residual)
+        if variables is not None:
+            linen_to_nnx(variables, model)
+        return create_train_state(model, schedule=schedule, momentum=config.momentum,
+                                  nesterov=config.nesterov, weight_decay=config.weight_decay,
+                                  loss_scaling=precision.loss_scaling)
+
+    # Fresh weights in one compiled program, as linen's init; given weights are set as they are.
+    return jax.jit(build)(rng) if variables is None else build(rng)
+
+
+NNX = FlaxApi(SIDE, new_nnx_state, steps.train_step, steps.eval_step)

@@ -1,8 +1,9 @@
-"""Run both train.py files in lockstep from the same weights and collect what they logged and ended with.
+"""Run the sides' train.py files in lockstep from the same weights and collect what they logged and ended with.
 
 Used by tests/test_lockstep.py, and by users:
 
     python -m harness.lockstep                       # float64, the default recipe, 10 steps
+    python -m harness.lockstep --sides lightning flax nnx   # NNX against both
     python -m harness.lockstep --precision 32 --steps 1 --label-smoothing 0.1 --schedule cosine
 """
 
@@ -17,21 +18,23 @@ import torch
 from lightning_side.models import create_model
 from harness.processes import finish, start_train
 from harness.events import scalars
-from common.sides import SIDES
+from common.sides import DEFAULT_SIDES, SIDES
 
 
 
 def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
              extra: list[str] = (), seed: int = 0, data: list[str] = ("--dataset", "digits"),
-             batch_size: int = 32, flax_devices: tuple[int, ...] = (1,), in_this_process=None) -> dict:
-    """Train both sides `steps` optimizer steps (one epoch of `steps` batches) from one init:
-    the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's own).
+             batch_size: int = 32, flax_devices: tuple[int, ...] = (1,), in_this_process=None,
+             sides: tuple[str, ...] = DEFAULT_SIDES) -> dict:
+    """Train `sides` (Lightning among them) `steps` optimizer steps (one epoch of `steps` batches)
+    from one init: the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's
+    own), which every side converts from its state_dict (--init-from).
 
     The flax side trains once per entry of `flax_devices` (host devices, data parallel); a run on
     n > 1 devices is keyed "flax on n devices". The runs are started together as processes: each
     spends much of its time in imports and XLA's compiler, one core each. Given
-    `in_this_process(side, argv) -> exit code`, the Lightning run and the 1-device flax run go
-    through it instead, one after the other, while the other runs are processes."""
+    `in_this_process(side, argv) -> exit code`, the 1-device runs go through it instead, one after
+    the other, while the other runs are processes."""
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     init = workdir / "init.pt"
@@ -40,10 +43,10 @@ def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", mode
             "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1",
             "--precision", precision, "--init-from", str(init), "--logdir", str(workdir / "logs"),
             "--seed", str(seed), *extra]
-    runs = {"lightning": ("lightning", ["--run-name", "parity"])}
-    for n in flax_devices:
+    runs = {side: (side, ["--run-name", "parity"]) for side in sides if side != "flax"}
+    for n in flax_devices if "flax" in sides else ():
         runs["flax" if n == 1 else f"flax on {n} devices"] = ("flax", ["--run-name", f"parity-{n}", "--devices", str(n)])
-    here = {"lightning", "flax"} if in_this_process else set()
+    here = set(sides) if in_this_process else set()
     started = {name: start_train(side, [*argv, *own]) for name, (side, own) in runs.items() if name not in here}
     codes = {name: in_this_process(runs[name][0], [*argv, *runs[name][1]]) for name in sorted(here)}
     done = finish(started) if started else {}
@@ -75,8 +78,8 @@ def final_weights(side: str, version: Path) -> dict[str, np.ndarray]:
     return {k: v.double().numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def relative_differences(result: dict, runs: tuple[str, str] = SIDES) -> dict[str, float]:
-    """Largest relative differences between two of lockstep's runs (the sides, unless named):
+def relative_differences(result: dict, runs: tuple[str, str] = DEFAULT_SIDES) -> dict[str, float]:
+    """Largest relative differences between two of lockstep's runs (Lightning and flax, unless named):
     per-step train loss, val and test loss, weights."""
     a, b = (result[name]["scalars"] for name in runs)
     loss_a = np.array([v for _, v in a["train/loss"]])
@@ -108,10 +111,17 @@ def main() -> None:
     parser.add_argument("--precision", default="64-true")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--workdir", type=Path, default=Path("logs/parity"))
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(DEFAULT_SIDES),
+                        help="the sides to train; every other side is compared with the first (default: %(default)s)")
     args, extra = parser.parse_known_args()
-    result = lockstep(args.workdir, steps=args.steps, precision=args.precision, model=args.model, extra=extra)
-    for name, value in relative_differences(result).items():
-        print(f"{name:>24}: {value:.2e}")
+    sides = ["lightning", *(s for s in args.sides if s != "lightning")]
+    result = lockstep(args.workdir, steps=args.steps, precision=args.precision, model=args.model, extra=extra,
+                      sides=tuple(sides))
+    pairs = [(sides[0], side) for side in sides[1:]] + ([("flax", "nnx")] if {"flax", "nnx"} <= set(sides) else [])
+    for pair in pairs:
+        print(f"{pair[1]} against {pair[0]}:")
+        for name, value in relative_differences(result, pair).items():
+            print(f"{name:>24}: {value:.2e}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_side.state import GRADSCALER_GROWTH_INTERVAL, INITIAL_LOSS_SCALE, dynamic_scale_interval
+from flax_side import state as linen_state
+from flax_side.state import GRADSCALER_GROWTH_INTERVAL, dynamic_scale_interval
 
 GROWTH_FACTOR = 2.0  # GradScaler's
 BACKOFF_FACTOR = 0.5
@@ -28,9 +29,12 @@ class LossScale(nnx.Variable):
 
 
 class DynamicLossScale(nnx.Pytree):
-    def __init__(self, growth_interval: int = dynamic_scale_interval(GRADSCALER_GROWTH_INTERVAL)):
+    def __init__(self, growth_interval: int = dynamic_scale_interval(GRADSCALER_GROWTH_INTERVAL),
+                 scale: float | None = None):
         self.growth_interval = growth_interval
-        self.scale = LossScale(jnp.asarray(INITIAL_LOSS_SCALE, jnp.float32))
+        # Read when built, not imported: the linen side's constant is the one source (tests patch it).
+        scale = linen_state.INITIAL_LOSS_SCALE if scale is None else scale
+        self.scale = LossScale(jnp.asarray(scale, jnp.float32))
         self.fin_steps = LossScale(jnp.zeros((), jnp.int32))
 
     def value_and_grad(self, loss_fn: Callable, *, has_aux: bool = False) -> Callable:

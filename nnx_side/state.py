@@ -72,7 +72,8 @@ class Split:
         return cls(*nnx.split(train_state))
 
     def merge(self) -> TrainState:
-        return nnx.merge(self.graphdef, self.state)
+        # copy=True: new Variables, so that changing the merged object leaves this Split as it was
+        return nnx.merge(self.graphdef, self.state, copy=True)
 
     @property
     def step(self) -> jax.Array:
@@ -81,7 +82,9 @@ class Split:
     def checkpoint_items(self) -> dict[str, Any]:
         """What a checkpoint holds, in the linen side's layout (flax_side/checkpoint.py)."""
         ts = self.merge()
-        return {"step": ts.step[...],
+        # get_value/set_value, not [...]: the state may be abstract (ShapeDtypeStructs: a
+        # restore's target) and then has nothing to index.
+        return {"step": ts.step.get_value(),
                 "params": _pure(nnx.state(ts.model, nnx.Param)),
                 "batch_stats": _pure(nnx.state(ts.model, nnx.BatchStat)),
                 "opt_state": _pure(nnx.state(ts.optimizer)),
@@ -90,7 +93,7 @@ class Split:
     def with_checkpoint_items(self, items: Mapping[str, Any]) -> "Split":
         """This state with every value from `items` (checkpoint_items' layout)."""
         ts = self.merge()
-        ts.step[...] = items["step"]
+        ts.step.set_value(items["step"])
         for owner, kind, key in ((ts.model, nnx.Param, "params"), (ts.model, nnx.BatchStat, "batch_stats"),
                                  (ts.optimizer, ..., "opt_state"), (ts.loss_scale, ..., "dynamic_scale")):
             if owner is None:

@@ -60,7 +60,7 @@ def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
 def float64_lockstep(tmp_path_factory) -> dict:
     """harness/lockstep.py's lockstep of the default recipe in float64, 10 steps of 8 images from one
     init (XLA's float64 convolutions are slow on a CPU; 4 a device on two): the Lightning side,
-    the flax side, and the flax side on two host devices. The first two run in this process,
+    the flax side, the NNX side, and the flax side on two host devices. The first three run in this process,
     whose imports are done (a train.py process spends about 10 s of a core on them), while the
     third runs as a process (its host devices must be set before JAX starts)."""
     import jax
@@ -74,7 +74,7 @@ def float64_lockstep(tmp_path_factory) -> dict:
 
     try:
         return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=8,
-                        flax_devices=(1, 2), in_this_process=in_this_process)
+                        flax_devices=(1, 2), in_this_process=in_this_process, sides=SIDES)
     finally:
         jax.config.update("jax_enable_x64", False)  # the flax side's 64-true turned it on
 

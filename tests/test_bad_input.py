@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from harness.processes import finish
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS
 from tests.helpers.in_process import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def outcomes(tmp_path_factory, request):
     for name, (argv, _) in cases.items():
         if name not in selected:
             continue
-        for side in SIDES:
+        for side in DRIVERS:
             logdirs[name, side] = logdir = tmp / "logs" / side / name.replace(" ", "_")
             # The real download code, pointed at a closed port: the test never leaves 127.0.0.1.
             start = ([sys.executable, "-c", OFFLINE.format(url=_closed_port_url(), script=f"{side}_side/train.py")]
@@ -108,7 +108,7 @@ def assert_one_line_and_exit_2(case: str, side: str, code: int, stderr: str, nee
 
 
 @pytest.mark.slow  # a train.py process per case and side; every case runs in-process below
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 @pytest.mark.parametrize("case", PROCESS_CASES)
 def test_bad_input_is_one_line_and_exit_2(outcomes, case, side):
     cases, results = outcomes
@@ -116,7 +116,7 @@ def test_bad_input_is_one_line_and_exit_2(outcomes, case, side):
     assert_one_line_and_exit_2(case, side, code, stderr, cases[case][1], logdir)
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 @pytest.mark.parametrize("case", ALL_CASES)
 def test_bad_input_in_process_is_one_line_and_exit_2(tmp_path, case, side, monkeypatch):
     import torchvision

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS
 from tests.helpers.checkpoints import flat, model_weights
 from tests.helpers.in_process import run_epochs_then_stop, run_main
 from tests.helpers.tb import scalars
@@ -130,7 +130,7 @@ def best_checkpoint(side: str, version: Path, best: int) -> Path:
     return version / "checkpoints" / str(best)
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_six_epochs_keep_the_last_three_and_the_earliest_best_and_test_the_best(side, six_epochs):
     """Six epochs leave the last 3 epoch checkpoints and the best one, no more; a tie for the
     best keeps the earlier checkpoint; the test split is evaluated with its weights."""
@@ -186,7 +186,7 @@ def damaged_best_then_tested(side: str, logdir: Path, monkeypatch, reference_run
     return Run(version, tested, final_params(done), warnings(done)), damaged[0]
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_an_unreadable_best_checkpoint_is_named_and_the_test_split_sees_the_last_weights(tmp_path, side,
                                                                                         monkeypatch,
                                                                                         reference_runs):

@@ -142,8 +142,9 @@ def _fake_report_runs(logdir):
     return runs
 
 
-def _expected_row(lightning, flax, kind, margin, fmt):
-    """The report's cells for one metric, worked out with scipy and statsmodels directly."""
+def _expected_row(lightning, flax, kind, margin, fmt, name="flax"):
+    """The report's cells for one metric, worked out with scipy and statsmodels directly: `flax`
+    (the side called `name`) against `lightning` (its reference)."""
     import math
 
     import numpy as np
@@ -168,8 +169,8 @@ def _expected_row(lightning, flax, kind, margin, fmt):
     elif welch < 0.05:
         way = "higher" if d > 0 else "lower"
         a, b = sorted((abs(lo), abs(hi)))
-        verdict = (f"different: flax {way}, {shown[0]:.2f}× [{shown[1]:.2f}×, {shown[2]:.2f}×]" if kind == "ratio"
-                   else f"different: flax {way} by {abs(d):.2f} pt [{a:.2f}, {b:.2f}]")
+        verdict = (f"different: {name} {way}, {shown[0]:.2f}× [{shown[1]:.2f}×, {shown[2]:.2f}×]" if kind == "ratio"
+                   else f"different: {name} {way} by {abs(d):.2f} pt [{a:.2f}, {b:.2f}]")
     else:
         sd = math.sqrt((l.var(ddof=1) + f.var(ddof=1)) / 2)
         gap = bound - abs(d) if abs(d) < bound else abs(d)
@@ -242,3 +243,199 @@ def test_the_reports_train_curves_have_a_point_per_epoch(tmp_path, reference_run
         by_title.setdefault(ax.get_title(), []).append(x)
     for title in ("train loss (epoch mean)", "train accuracy (epoch mean)"):
         assert by_title[title] == [[2, 5], [2, 5]], title  # both sides, 2 epochs of 3 steps
+
+
+# --- Three sides: each against Lightning, and NNX against linen --------------------------------
+
+THREE = ("lightning", "flax", "nnx")
+# Per side: test/acc above Lightning's (points / 100), images/s after the first epoch, test/loss
+# factor and peak memory. nnx: 3 points more accurate than Lightning, 2.9 more than flax.
+FIGURES = {"lightning": dict(acc=0.0, speed=400.0, loss=1.00, memory=1000.0),
+           "flax": dict(acc=0.001, speed=200.0, loss=1.01, memory=1500.0),
+           "nnx": dict(acc=0.03, speed=300.0, loss=1.02, memory=1200.0)}
+
+
+def _three_side_runs(logdir, sides=THREE, seeds=SEEDS, run="seed", **flags):
+    """Runs of every side in `sides`, a seed each: a spread of 0.1 point between seeds."""
+    from tests.helpers.fake_runs import fake_run
+
+    runs = {}
+    for seed in seeds:
+        for side in sides:
+            f, speed = FIGURES[side], FIGURES[side]["speed"] * (1 + 0.02 * seed)
+            runs[side, seed] = dict(test_acc=0.90 + 0.001 * seed + f["acc"], loss=(1.0 + 0.05 * seed) * f["loss"],
+                                    images_per_sec=[10.0, speed, speed], peak_memory_mb=f["memory"])
+            fake_run(logdir, side, f"{run}{seed}", steps=range(0, 9), seed=seed, **runs[side, seed], **flags)
+    return runs
+
+
+def _pair_sections(section: str) -> dict[str, str]:
+    """'nnx against flax' -> its verdict table, in the order of the report."""
+    parts = section.split("\n### ")[1:]
+    return {part.split("\n")[0]: part for part in parts}
+
+
+def test_three_sides_judge_flax_and_nnx_against_lightning_and_nnx_against_flax(tmp_path):
+    runs = _three_side_runs(tmp_path)
+    assert main([str(tmp_path), "--sides", "lightning", "flax", "nnx"]) == 0
+    (section,) = _sections((tmp_path / "compare.md").read_text()).values()
+    assert section.split("\n")[0].endswith(": 3 lightning, 3 flax and 3 nnx seeds")
+    pairs = _pair_sections(section)
+    assert list(pairs) == ["flax against lightning", "nnx against lightning", "nnx against flax"]
+
+    def values(side, key):
+        return [runs[side, seed][key] for seed in SEEDS]
+
+    accuracy, points = (lambda v: f"{v:.4f}"), (lambda v: f"{v:,.1f}")
+    for ref, side in (("lightning", "flax"), ("lightning", "nnx"), ("flax", "nnx")):
+        table = pairs[f"{side} against {ref}"]
+        assert f"| metric | {ref} (n=3) | {side} (n=3) | {side} − {ref} [95% CI] | margin, TOST p | " \
+               f"P({side} > {ref}) | verdict |" in table
+        speed = {s: [v[1] for v in values(s, "images_per_sec")] for s in (ref, side)}
+        expected = {
+            "test/acc": _expected_row(values(ref, "test_acc"), values(side, "test_acc"), "points", 1.0,
+                                      accuracy, side),
+            "test/loss": _expected_row(values(ref, "loss"), values(side, "loss"), "ratio", 0.05, accuracy, side),
+            "train images/s": _expected_row(speed[ref], speed[side], "ratio", 0.05, points, side),
+            "peak memory (MB)": _expected_row(values(ref, "peak_memory_mb"), values(side, "peak_memory_mb"),
+                                              "ratio", 0.05, points, side),
+        }
+        for metric, cells in expected.items():
+            assert _row(table, metric)[1:] == cells, (ref, side, metric)
+    # The figures in words: flax within 1 point of Lightning, nnx 3 points above it and 2.9 above
+    # flax; the memory ratios 1.5, 1.2 and 0.8, each seed alike.
+    flax_l, nnx_l, nnx_f = (pairs[p] for p in ("flax against lightning", "nnx against lightning", "nnx against flax"))
+    assert _row(flax_l, "test/acc")[3].startswith("+0.10 pt [")
+    assert _row(flax_l, "test/acc")[6] == "equivalent within ±1 pt"
+    assert _row(nnx_l, "test/acc")[1:4] == ["0.9010 ± 0.0010", "0.9310 ± 0.0010", "+3.00 pt [+2.77, +3.23]"]
+    assert _row(nnx_l, "test/acc")[6] == "different: nnx higher by 3.00 pt [2.77, 3.23]"
+    assert _row(nnx_f, "test/acc")[1:4] == ["0.9020 ± 0.0010", "0.9310 ± 0.0010", "+2.90 pt [+2.67, +3.13]"]
+    assert _row(nnx_f, "test/acc")[6] == "different: nnx higher by 2.90 pt [2.67, 3.13]"
+    assert [_row(t, "peak memory (MB)")[6] for t in (flax_l, nnx_l, nnx_f)] == [
+        "different: flax higher, 1.50× [1.50×, 1.50×]", "different: nnx higher, 1.20× [1.20×, 1.20×]",
+        "different: nnx lower, 0.80× [0.80×, 0.80×]"]
+    assert _row(nnx_f, "train images/s")[3].startswith("1.500× [")
+    # Every seed's cells on every side, once; every side's runs.
+    assert _row(section, "seed") == ["seed", "lightning test/acc", "flax test/acc", "nnx test/acc",
+                                     "lightning images/s", "flax images/s", "nnx images/s"]
+    assert [_row(section, str(seed)) for seed in SEEDS] == [
+        [str(seed), *(accuracy(runs[s, seed]["test_acc"]) for s in THREE),
+         *(points(runs[s, seed]["images_per_sec"][1]) for s in THREE)] for seed in SEEDS]
+    for side in THREE:
+        paths = [tmp_path / side / f"seed{seed}" / "version_0" for seed in SEEDS]
+        assert f"- {side}: " + ", ".join(f"`{path}`" for path in paths) in section
+
+
+@pytest.mark.parametrize("sides,judged", [(["lightning", "nnx"], ("lightning", "nnx")),
+                                          (["nnx", "flax"], ("flax", "nnx")),
+                                          ([], ("lightning", "flax"))])
+def test_two_sides_of_three_give_the_two_side_report_of_their_one_pair(tmp_path, sides, judged):
+    """The runs of the side left out play no part, nor are they named; without --sides, that
+    side is nnx."""
+    from tests.helpers.fake_runs import fake_run
+
+    _three_side_runs(tmp_path)
+    ref, side = judged
+    (left_out,) = set(THREE) - set(judged)
+    fake_run(tmp_path, left_out, "other-recipe", test_acc=0.9, lr=0.2)
+    fake_run(tmp_path, left_out, "unfinished", test_acc=None)
+    assert main([str(tmp_path), *(["--sides", *sides] if sides else [])]) == 0
+    report = (tmp_path / "compare.md").read_text()
+    (section,) = _sections(report).values()
+    assert "### " not in report and left_out not in report and "Left out" not in report
+    assert f"| metric | {ref} (n=3) | {side} (n=3) | {side} − {ref} [95% CI] |" in section
+    assert _row(section, "seed") == ["seed", f"{ref} test/acc", f"{side} test/acc", f"{ref} images/s",
+                                     f"{side} images/s"]
+
+
+def test_one_seed_per_side_of_three_gives_a_ratio_per_judged_pair(tmp_path):
+    from tests.helpers.fake_runs import fake_run
+
+    for side, acc in (("lightning", 0.5), ("flax", 0.6), ("nnx", 0.75)):
+        fake_run(tmp_path, side, "one", test_acc=acc)
+    assert main([str(tmp_path), "--sides", "lightning", "flax", "nnx"]) == 0
+    report = (tmp_path / "compare.md").read_text()
+    assert "| | lightning | flax | nnx | flax / lightning | nnx / lightning | nnx / flax |" in report
+    assert "| test/acc | 0.5000 | 0.6000 | 0.7500 | 1.20× | 1.50× | 1.25× |" in report
+    assert "One seed per side gives no verdict" in report
+
+
+def test_a_recipe_without_runs_of_every_chosen_side_is_named(tmp_path, capsys):
+    """--sides lightning flax nnx: a recipe run on lightning and flax only is not compared, and
+    the report says which sides it lacks and how to compare the ones it has."""
+    from tests.helpers.fake_runs import fake_run
+
+    _three_side_runs(tmp_path, sides=("lightning", "flax"), seeds=range(2), run="two", lr=0.05)
+    fake_run(tmp_path, "nnx", "other", test_acc=0.9, lr=0.2)
+    argv = [str(tmp_path), "--sides", "lightning", "flax", "nnx"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: no recipe was run on all of lightning, flax and nnx: the newest runs differ in lr "
+                   "(lightning 0.05, flax 0.05, nnx 0.2); rerun the sides that differ with the same flags, or "
+                   "compare them anyway with --sides lightning flax nnx --lightning DIR --flax DIR --nnx DIR"]
+    _three_side_runs(tmp_path, seeds=range(2), run="all")  # every side, at the default lr
+    assert main(argv) == 0
+    report = (tmp_path / "compare.md").read_text()
+    assert "2 lightning, 2 flax and 2 nnx seeds" in report
+    assert ("`--dataset digits --lr 0.05`): runs of lightning (seeds 0 1) and flax (seeds 0 1) but none of "
+            "nnx; `--sides lightning flax` compares them") in report
+    assert "`--dataset digits --lr 0.2`): only nnx runs (seeds 0); nothing to compare it with" in report
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sides", "lightning", "jax"], "argument --sides: invalid choice: 'jax' (choose from "),
+    (["--sides", "nnx"], "--sides: choose two or more sides to compare, got nnx alone (e.g. --sides lightning nnx)"),
+    (["--sides", "lightning", "lightning"], "--sides: name each side once, got lightning lightning"),
+    (["--nnx", "logs/nnx/a/version_0"], "--nnx names a run of nnx, which --sides (lightning flax) leaves out; "
+                                        "add it: --sides lightning flax nnx"),
+])
+def test_bad_sides_are_one_error_line_after_argparse_usage(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path), *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: python -m harness.compare")
+    (line,) = [line for line in err if "error" in line]
+    assert line.startswith(f"python -m harness.compare: error: {message}")  # argparse words the choices
+    assert not (tmp_path / "compare.md").exists()
+
+
+def _drawn(monkeypatch, call):
+    """The figure `call` saves, captured as it is saved."""
+    import matplotlib.figure
+
+    figures = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *args, **kwargs: figures.append(fig) or real_savefig(fig, *args, **kwargs))
+    call()
+    (figure,) = figures
+    return figure
+
+
+def test_the_plots_draw_every_side_in_its_colour_and_line_style(tmp_path, monkeypatch):
+    from matplotlib.collections import PathCollection
+    from matplotlib.colors import to_hex
+
+    from harness.report_plots import COLOURS, STYLES
+
+    _three_side_runs(tmp_path)
+    sides = ["--sides", "lightning", "flax", "nnx"]
+    assert len({*COLOURS.values()}) == len({*STYLES.values()}) == 3
+    # The seeds pooled: a mean curve with its band per side, and a column of dots per side.
+    figure = _drawn(monkeypatch, lambda: main([str(tmp_path), *sides]))
+    val_acc = next(ax for ax in figure.axes if "val accuracy" in ax.get_title())
+    assert [(line.get_label(), to_hex(line.get_color())) for line in val_acc.get_lines()] == [
+        (f"{side} (mean of 3)", COLOURS[side]) for side in THREE]
+    assert len(val_acc.collections) == 3  # the min-max bands
+    dots = next(ax for ax in figure.axes if "per seed" in ax.get_title())
+    assert [label.get_text() for label in dots.get_xticklabels()] == list(THREE)
+    assert [(to_hex(c.get_facecolor()[0]), len(c.get_offsets())) for c in dots.collections
+            if isinstance(c, PathCollection)] == [(COLOURS[side], 3) for side in THREE]  # a dot per seed
+    # One run per side, given by its folder: every panel draws each side's curve.
+    given = [flag for side in THREE for flag in (f"--{side}", str(tmp_path / side / "seed0" / "version_0"))]
+    figure = _drawn(monkeypatch, lambda: main([str(tmp_path), *sides, *given]))
+    drawn = {ax.get_title(): [(line.get_label(), to_hex(line.get_color()), line.get_linestyle())
+                              for line in ax.get_lines()] for ax in figure.axes}
+    for title in ("val accuracy", "train images/s"):  # the panels of the tags fake runs write
+        assert drawn[title] == [(side, COLOURS[side], STYLES[side]) for side in THREE], title

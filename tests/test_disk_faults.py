@@ -26,7 +26,7 @@ from harness.processes import finish, start_train
 from tests.helpers.in_process import run_main
 from tests.helpers.reference import REFERENCE_ARGV
 from tests.helpers.tb import scalars
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS
 
 RUN = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3", "--limit-val-batches", "2",
        "--limit-test-batches", "2", "--log-every", "1", "--run-name", "r"]
@@ -75,17 +75,17 @@ def full_disk_runs(tmp_path_factory) -> dict:
     CompletedProcess; ("roomy", side) -> the copy's logdir."""
     tmp = tmp_path_factory.mktemp("full")
     with contextlib.ExitStack() as mounts:
-        small = {side: mounts.enter_context(tmpfs(tmp / f"small-{side}", TOO_SMALL[side])) for side in SIDES}
+        small = {side: mounts.enter_context(tmpfs(tmp / f"small-{side}", TOO_SMALL[side])) for side in DRIVERS}
         flax = start_train("flax", [*REFERENCE_ARGV, "--logdir", str(small["flax"] / "logs")])
         try:
             lightning = run_main("lightning", [*REFERENCE_ARGV, "--logdir", str(small["lightning"] / "logs")])
         finally:
             done = finish({("full", "flax"): flax})
         done["full", "lightning"] = lightning
-        for side in SIDES:  # "move the run folder to a disk with room"
+        for side in DRIVERS:  # "move the run folder to a disk with room"
             shutil.copytree(tmp / f"small-{side}" / "logs", tmp / f"roomy-{side}", symlinks=True)
             done["roomy", side] = tmp / f"roomy-{side}"
-    for side in SIDES:  # in this process: the steps are compiled already, the imports done
+    for side in DRIVERS:  # in this process: the steps are compiled already, the imports done
         resumed = run_main(side, [*REFERENCE_ARGV, "--logdir", str(done["roomy", side]), "--resume", "last",
                                   "--num-workers", "0"])
         assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -95,14 +95,14 @@ def full_disk_runs(tmp_path_factory) -> dict:
 # The runs below end in this process, where the flax side's os._exit after a disk fault is a
 # SystemExit (tests/helpers/in_process.py): their faults come before any save, or after the last
 # one completed, with no Orbax writer thread left to report them again.
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_a_read_only_logdir_is_one_line(tmp_path, side):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
         done = run_main(side, [*RUN, "--epochs", "1", "--logdir", str(disk / "logs")])
         assert_one_line_disk_fault(done, str(disk / "logs"), "read-only", "another --logdir")
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_a_file_where_the_logdir_should_be_is_one_line(tmp_path, side):
     (tmp_path / "logs").write_text("a user's file, not a folder")
     done = run_main(side, [*RUN, "--epochs", "1", "--logdir", str(tmp_path / "logs")])
@@ -110,7 +110,7 @@ def test_a_file_where_the_logdir_should_be_is_one_line(tmp_path, side):
     assert (tmp_path / "logs").read_text() == "a user's file, not a folder"
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_an_immutable_logdir_is_one_line(tmp_path, side):
     """The immutable flag, which binds root too (root only; a normal user's case: a folder without
     the write bit, below)."""
@@ -132,7 +132,7 @@ def test_an_immutable_logdir_is_one_line(tmp_path, side):
 # Runs of each side on a small tmpfs, as processes: slow. Fast: the whole-or-nothing .ckpt
 # through /dev/full and a full disk's one line (test_each_disk_fault_is_named_with_what_to_do).
 @pytest.mark.slow
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere(full_disk_runs, side):
     out = full_disk_runs["full", side]
     logdir = out.args[out.args.index("--logdir") + 1]
@@ -157,7 +157,7 @@ def test_a_full_disk_keeps_the_complete_checkpoint_and_resume_finishes_elsewhere
     assert logged["test/acc"][0][0] == 6 and len(logged["test/acc"]) == 1
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_a_logdir_that_vanishes_mid_run_is_one_line(tmp_path, side, monkeypatch):
     """The run folder deleted once the first epoch's checkpoint is complete, and made again at
     once, as Orbax's writer or TensorBoard's would make it (a checkpoints folder, a new event
@@ -285,7 +285,7 @@ def _run_as_a_process(argv: list[str], preexec=None, env=None, prefix: list[str]
     started = {side: subprocess.Popen([*prefix, *train_command(side, argv)], cwd=ROOT, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True, start_new_session=True,
                                       preexec_fn=preexec, env=env)
-               for side in SIDES}
+               for side in DRIVERS}
     return finish(started)
 
 
@@ -309,7 +309,7 @@ def file_limit_runs(tmp_path_factory) -> tuple[Path, dict]:
 # A run of each side as a process: slow. Fast: the EFBIG text of a real RLIMIT_FSIZE write in
 # test_each_disk_fault_is_named_with_what_to_do, and the whole-or-nothing .ckpt through /dev/full.
 @pytest.mark.slow
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_a_file_size_limit_is_one_line_and_leaves_no_part_of_a_checkpoint(file_limit_runs, side):
     logdir, done = file_limit_runs
     version = logdir / side / "r" / "version_0"

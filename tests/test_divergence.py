@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS
 from tests.helpers.in_process import run_main
 from tests.helpers.reference import REFERENCE_ARGV
 from tests.helpers.tb import first_step, scalars
@@ -57,7 +57,7 @@ def divergence_error(done) -> str:
     return errors[0][len("error: "):]
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_divergence_before_any_checkpoint_says_so_and_saves_nothing(tmp_path, side, monkeypatch):
     done = run_main(side, [*ARGV, "--logdir", str(tmp_path)], callbacks=poison_the_classifier(side, monkeypatch, 0))
     message = divergence_error(done)
@@ -67,7 +67,7 @@ def test_divergence_before_any_checkpoint_says_so_and_saves_nothing(tmp_path, si
     assert not checkpoints.exists() or not any(checkpoints.iterdir())
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_divergence_after_a_good_checkpoint_names_it_saves_nothing_more_and_resumes(tmp_path, side,
                                                                                      monkeypatch):
     argv = [*ARGV, "--logdir", str(tmp_path)]

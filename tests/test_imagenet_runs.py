@@ -2,7 +2,7 @@
 
 import pytest
 
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS
 from harness.photos import make_photo_folder
 from harness.processes import finish, start_train
 from tests.helpers.tb import DESIGN_TAGS, scalars
@@ -18,7 +18,7 @@ def test_both_sides_train_resnet18_on_a_streamed_photo_folder(tmp_path):
     logdir = tmp_path / "logs"
     argv = ["--model", "resnet18", "--dataset", "imagefolder", "--data-dir", str(photos), "--image-size", "64",
             "--epochs", "1", "--batch-size", "16", "--num-workers", "2", "--log-every", "2", "--logdir", str(logdir)]
-    done = finish({side: start_train(side, argv) for side in SIDES})  # started together
+    done = finish({side: start_train(side, argv) for side in DRIVERS})  # started together
     lines = {}
     for side, out in done.items():
         assert out.returncode == 0, out.stderr[-3000:]
@@ -29,5 +29,5 @@ def test_both_sides_train_resnet18_on_a_streamed_photo_folder(tmp_path):
         assert tags["data/bad_images"][-1][1] == 1, tags["data/bad_images"]
     for side, named in lines.items():
         assert len(named) == 1 and str(victim) in named[0], (side, named)
-    runs = {side: scalars(logdir / side / "resnet18-imagefolder" / "version_0") for side in SIDES}
+    runs = {side: scalars(logdir / side / "resnet18-imagefolder" / "version_0") for side in DRIVERS}
     assert set(runs["lightning"]) == set(runs["flax"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from flax import traverse_util
 
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS, FLAX_SIDES
 from flax_side.checkpoint import CheckpointError, load_initial_weights
 from flax_side.convert import torch_to_flax
 from lightning_side.models import create_model as create_torch_model
@@ -21,7 +21,7 @@ QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "
 # A short run per side; the flax side's with the reference run's flags, whose steps the session
 # has compiled, and no loader workers (JAX's threads make forking this process unsafe).
 SHORT_RUN = {"lightning": QUICK + ["--epochs", "1", "--limit-train-batches", "1"],
-             "flax": [*REFERENCE_ARGV, "--num-workers", "0"]}
+             "flax": [*REFERENCE_ARGV, "--num-workers", "0"], "nnx": [*REFERENCE_ARGV, "--num-workers", "0"]}
 
 
 def weights_at_the_start(side: str, monkeypatch) -> tuple[list[dict], list]:
@@ -42,7 +42,8 @@ def weights_at_the_start(side: str, monkeypatch) -> tuple[list[dict], list]:
 
     def train_epoch(p_train_step, state, *args, **kwargs):
         if kwargs["epoch"] == 0:
-            started.append(flat(jax.device_get({"params": state.params, "batch_stats": state.batch_stats})))
+            items = state.checkpoint_items()  # linen's names on both Flax sides
+            started.append(flat(jax.device_get({"params": items["params"], "batch_stats": items["batch_stats"]})))
         return real_train_epoch(p_train_step, state, *args, **kwargs)
 
     monkeypatch.setattr(epochs, "train_epoch", train_epoch)
@@ -57,7 +58,7 @@ def as_the_side_holds_them(side: str, state_dict: dict) -> dict:
 
 
 @pytest.mark.parametrize("side,kind", [("lightning", "state_dict"), ("lightning", "lightning_ckpt"),
-                                       ("flax", "state_dict")])
+                                       ("flax", "state_dict"), ("nnx", "state_dict"), ("nnx", "lightning_ckpt")])
 def test_init_from_starts_from_exactly_those_weights(tmp_path, side, kind, monkeypatch):
     torch.manual_seed(0)
     source = create_torch_model("resnet20", num_classes=10)
@@ -79,10 +80,11 @@ def test_init_from_starts_from_exactly_those_weights(tmp_path, side, kind, monke
         assert np.array_equal(started[0][key], value), key
 
 
+@pytest.mark.parametrize("source", FLAX_SIDES)
 def test_init_from_a_flax_run_folder_starts_lightning_from_its_newest_torch_copy(tmp_path, monkeypatch,
-                                                                                  reference_runs):
-    """The flax side leaves a torch copy of its weights; the Lightning side starts from it."""
-    flax_version = reference_runs["flax"].version
+                                                                                  reference_runs, source):
+    """The Flax sides leave a torch copy of their weights; the Lightning side starts from it."""
+    flax_version = reference_runs[source].version
     exported = torch.load(flax_version / "torch_weights" / "6.pt", weights_only=True)  # the newest
     argv = QUICK + ["--epochs", "1", "--limit-train-batches", "2", "--logdir", str(tmp_path)]
     started, callbacks = weights_at_the_start("lightning", monkeypatch)
@@ -91,6 +93,21 @@ def test_init_from_a_flax_run_folder_starts_lightning_from_its_newest_torch_copy
         assert done.returncode == 0, done.stderr[-3000:]
         for key, value in exported.items():
             assert np.array_equal(started[-1][key], value.numpy()), (given, key)
+
+
+@pytest.mark.parametrize("side,source", [("nnx", "flax"), ("flax", "nnx")])
+def test_init_from_the_other_flax_apis_run_folder_starts_from_its_newest_weights(tmp_path, monkeypatch,
+                                                                                 reference_runs, side, source):
+    """linen and NNX read each other's checkpoint folders: the same items, under linen's names."""
+    version = reference_runs[source].version
+    newest = {key: value for key, value in saved_state(source, version).items()
+              if key.startswith(("params/", "batch_stats/"))}
+    started, _ = weights_at_the_start(side, monkeypatch)
+    done = run_main(side, [*SHORT_RUN[side], "--logdir", str(tmp_path), "--init-from", str(version)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert started[0].keys() == newest.keys() and len(newest) > 100
+    for key, value in newest.items():
+        assert np.array_equal(started[0][key], value), key
 
 
 # --------------------------------------------------------------------------- flax_side/checkpoint.py
@@ -141,7 +158,7 @@ def test_flax_init_from_the_wrong_model_or_a_non_weights_file_is_a_one_line_erro
         load_initial_weights(tmp_path / "notes.txt", abstract_flax_variables())
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated"])
 def test_an_unreadable_init_from_is_a_one_line_error(tmp_path, side, content):
     bad = tmp_path / "bad.pt"

@@ -31,8 +31,13 @@ def _check_float64(diffs):
     assert diffs["batch statistics"] <= 1e-6, diffs
 
 
-def test_float64_lockstep_default_recipe(float64_lockstep):
-    _check_float64(relative_differences(float64_lockstep))
+# Lightning against each Flax API, and NNX against linen.
+PAIRS = [("lightning", "flax"), ("lightning", "nnx"), ("flax", "nnx")]
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids="-".join)
+def test_float64_lockstep_default_recipe(float64_lockstep, pair):
+    _check_float64(relative_differences(float64_lockstep, pair))
 
 
 @pytest.mark.slow
@@ -46,8 +51,10 @@ def test_float64_lockstep_variants(tmp_path, variant):
     # 11-13 at steps 4-6 of 16 images) and float64 rounding grows about 100x a step: at 10 steps
     # the sides' weights are 9e-4 apart, and so are Lightning's own on 1 and on 2 threads
     # (5e-4), which differ only in the order of their sums.
-    _check_float64(relative_differences(lockstep(tmp_path, steps=6, precision="64-true", batch_size=16,
-                                                 model=model, extra=flags)))
+    result = lockstep(tmp_path, steps=6, precision="64-true", batch_size=16, model=model, extra=flags,
+                      sides=("lightning", "flax", "nnx"))
+    for pair in PAIRS:
+        _check_float64(relative_differences(result, pair))
 
 
 @pytest.mark.slow  # the float64 lockstep stays fast; this one adds fp32 rounding

@@ -25,6 +25,9 @@ STEPS = 3
 # Overflows float16 gradients for certain: every step of the run is skipped, the scale halving each
 # time, on both sides. GradScaler's and DynamicScale's own 2**16 may or may not overflow.
 FORCED_SCALE = 2.0 ** 40
+# The fp16 steps below compile at XLA's lowest optimisation level, in a fraction of the
+# default's time: what they check (which values a skipped step keeps) does not depend on it.
+FAST_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def test_both_sides_start_from_the_same_loss_scale():
@@ -66,23 +69,25 @@ def test_forced_overflow_skips_the_same_steps_and_changes_no_weight(tmp_path, mo
         for name, value in start.items():
             if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):
                 np.testing.assert_array_equal(weights[side][name], value.double().numpy(), err_msg=(side, name))
-    assert logged["lightning"]["train/skipped_steps"] == logged["flax"]["train/skipped_steps"]
+    assert logged["lightning"]["train/skipped_steps"] == logged["flax"]["train/skipped_steps"] \
+        == logged["nnx"]["train/skipped_steps"]
 
     # ... nor the optimizer state: no momentum yet on either side.
     ckpt = torch.load(tmp_path / "lightning" / "resnet20-digits" / "version_0" / "checkpoints" / "last.ckpt",
                       map_location="cpu", weights_only=True)
     assert all(not s or not torch.any(s["momentum_buffer"]) for s in ckpt["optimizer_states"][0]["state"].values())
-    from flax_side.checkpoint import create_manager
-
-    checkpoints = tmp_path / "flax" / "resnet20-digits" / "version_0" / "checkpoints"
     import orbax.checkpoint as ocp
 
-    restored = create_manager(checkpoints, create=False).restore(
-        STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    trace = restored["state"]["opt_state"]
-    floats = [np.asarray(leaf) for leaf in jax.tree.leaves(trace) if np.asarray(leaf).dtype.kind == "f"]
-    assert floats and not any(np.any(leaf) for leaf in floats)
-    assert int(restored["state"]["step"]) == STEPS
+    from flax_side.checkpoint import create_manager
+
+    for side in ("flax", "nnx"):
+        checkpoints = tmp_path / side / "resnet20-digits" / "version_0" / "checkpoints"
+        restored = create_manager(checkpoints, create=False).restore(
+            STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        trace = restored["state"]["opt_state"]
+        floats = [np.asarray(leaf) for leaf in jax.tree.leaves(trace) if np.asarray(leaf).dtype.kind == "f"]
+        assert floats and not any(np.any(leaf) for leaf in floats), side
+        assert int(restored["state"]["step"]) == STEPS, side
 
 
 def test_dynamic_scale_grows_and_backs_off_on_the_same_steps_as_torch_gradscaler():
@@ -107,6 +112,96 @@ def test_dynamic_scale_grows_and_backs_off_on_the_same_steps_as_torch_gradscaler
         flax_scales.append(float(dyn.scale))
     assert flax_scales == torch_scales
     assert len(set(torch_scales)) > 2  # it did grow and back off
+
+
+def test_nnx_loss_scale_moves_as_linens_dynamic_scale_and_unscales_alike():
+    """The NNX loss scale (nnx_side/loss_scale.py) against linen's DynamicScale, which the test
+    above holds to GradScaler: the same scale after every step of a run of finite and
+    non-finite gradients, and the same unscaled value and gradients."""
+    from flax import nnx
+    from flax.training.dynamic_scale import DynamicScale
+
+    from flax_side.state import dynamic_scale_interval
+    from nnx_side.loss_scale import DynamicLossScale
+
+    class Weight(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.full((3,), 1.5))
+
+    interval = 3
+    finite = [True] * 7 + [False] + [True] * 4 + [False, False] + [True] * 5
+    model = Weight()
+    nnx_scale = DynamicLossScale(growth_interval=dynamic_scale_interval(interval), scale=8.0)
+    linen_scale = DynamicScale(growth_interval=dynamic_scale_interval(interval), scale=8.0)
+    nnx_scales, linen_scales = [], []
+    for ok in finite:
+        factor = 1.0 if ok else jnp.inf
+        is_finite, (loss, aux), grads = nnx_scale.value_and_grad(
+            lambda m: ((m.w[...] ** 2).sum() * factor, 7), has_aux=True)(model)
+        linen_scale, linen_finite, (linen_loss, _), linen_grads = linen_scale.value_and_grad(
+            lambda w: ((w ** 2).sum() * factor, 7), has_aux=True)(jnp.full((3,), 1.5))
+        assert bool(is_finite) == bool(linen_finite) == ok and aux == 7
+        if ok:
+            assert float(loss) == float(linen_loss) == 6.75
+            np.testing.assert_array_equal(grads["w"][...], linen_grads)
+            np.testing.assert_array_equal(grads["w"][...], np.full(3, 3.0))
+        nnx_scales.append(float(nnx_scale.scale[...]))
+        linen_scales.append(float(linen_scale.scale))
+    assert nnx_scales == linen_scales
+    assert len(set(nnx_scales)) > 2  # it did grow and back off
+
+
+def test_nnx_fp16_overflow_skips_the_step_and_halves_the_scale():
+    """The NNX step's skipped step (nnx_side/steps.py), as the linen test above: params,
+    optimizer state (its update count included) and BatchNorm statistics kept; the batch count
+    advances, the scale halves and the skip is counted; the next finite step goes through."""
+    from flax import nnx
+
+    from nnx_side.models import CifarResNet as NnxResNet
+    from nnx_side.state import create_train_state as create_nnx_state
+    from nnx_side.steps import train_step as nnx_train_step
+
+    widths, _, shortcut = CIFAR_ARCHITECTURES["resnet20"]
+    schedule = optax.constant_schedule(0.1)
+    split = jax.jit(compiler_options=FAST_OPTIONS)(lambda: create_nnx_state(
+        NnxResNet(widths, (1,) * len(widths), shortcut, dtype=jnp.float16, rngs=nnx.Rngs(0)),
+        schedule=schedule, momentum=0.9, nesterov=True, weight_decay=1e-4, loss_scaling=True))()
+    step = jax.jit(functools.partial(nnx_train_step, mean=np.full(3, 127.0), std=np.full(3, 60.0),
+                                     input_dtype=jnp.float32, label_smoothing=0.0, schedule=schedule),
+                   donate_argnums=0, compiler_options=FAST_OPTIONS)
+    rng = np.random.default_rng(0)
+    batch = (rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 8).astype(np.int32))
+
+    def kept(split):  # what a skipped step must keep: the model's variables and the optimizer's
+        state = split.merge()
+        return jax.device_get(nnx.to_pure_dict(nnx.state((state.model, state.optimizer))))
+
+    def with_scale(split, scale):
+        state = split.merge()
+        state.loss_scale.scale[...] = jnp.float32(scale)
+        return type(split).of(state)
+
+    split = with_scale(split, 2.0 ** 100)
+    before = kept(split)
+    split, metrics = step(split, batch)
+    after = kept(split)
+    assert jax.tree.structure(before) == jax.tree.structure(after)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+    state = split.merge()
+    assert int(state.step[...]) == 1 and int(state.optimizer.step[...]) == 0
+    assert float(state.loss_scale.scale[...]) == 2.0 ** 99  # stored back, halved
+    assert float(metrics["loss_scale"]) == 2.0 ** 100  # the scale this step used
+    assert int(state.loss_scale.fin_steps[...]) == 0
+    assert int(metrics["skipped_steps"]) == 1  # train/skipped_steps
+
+    split, metrics = step(with_scale(split, 2.0 ** 16), batch)  # a normal step goes through
+    state = split.merge()
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(state.step[...]) == 2 and int(state.optimizer.step[...]) == 1
+    assert float(state.loss_scale.scale[...]) == 2.0 ** 16 and int(state.loss_scale.fin_steps[...]) == 1
+    assert int(metrics["skipped_steps"]) == 1  # still the one
+    assert not np.array_equal(jax.device_get(state.model.fc.kernel[...]), before[0]["fc"]["kernel"])
+    assert not np.array_equal(jax.device_get(state.model.bn1.mean[...]), before[0]["bn1"]["mean"])
 
 
 def test_lightning_16_mixed_on_a_cpu_stays_float16_with_a_loss_scaler():
@@ -144,7 +239,7 @@ def test_flax_fp16_overflow_skips_the_step_and_halves_the_scale():
                                loss_scaling=True)
     step = jax.jit(functools.partial(train_step, mean=np.full(3, 127.0), std=np.full(3, 60.0),
                                      input_dtype=jnp.float32, label_smoothing=0.0, schedule=schedule),
-                   donate_argnums=0)
+                   donate_argnums=0, compiler_options=FAST_OPTIONS)
     rng = np.random.default_rng(0)
     batch = (rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 8).astype(np.int32))
     kept = ("params", "opt_state", "batch_stats")

@@ -33,6 +33,8 @@ def decayed_parameters(side: str) -> tuple[dict[str, bool], dict[str, tuple]]:
         decayed = {id(p) for p in decay["params"]}
         return ({name: id(p) in decayed for name, p in model.named_parameters()},
                 {name: tuple(p.shape) for name, p in model.named_parameters()})
+    if side == "nnx":
+        return nnx_decayed_parameters()
     from flax_side.state import decay_mask
     from tests.helpers.models import abstract_flax_variables
 
@@ -43,8 +45,29 @@ def decayed_parameters(side: str) -> tuple[dict[str, bool], dict[str, tuple]]:
     return mask, {name: tuple(shape.shape) for name, shape in shapes.items()}
 
 
+def nnx_decayed_parameters() -> tuple[dict[str, bool], dict[str, tuple]]:
+    """What nnx.Optimizer decays, seen in what it does: from weights of 1, one update with zero
+    gradients, LR 1 and no momentum moves exactly the decayed weights (to 1 - wd)."""
+    from flax import nnx
+
+    from nnx_side.convert import nnx_to_linen
+    from nnx_side.models import create_model
+
+    model = create_model("resnet20", 10, rngs=nnx.Rngs(0))
+    nnx.update(model, jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param)))
+    optimizer = nnx.Optimizer(model, create_optimizer(optax.constant_schedule(1.0), momentum=0.0,
+                                                      nesterov=False, weight_decay=0.25), wrt=nnx.Param)
+    optimizer.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
+    params = traverse_util.flatten_dict(nnx_to_linen(model)["params"], sep="/")
+    for name, value in params.items():
+        assert np.all(value == 0.75) or np.all(value == 1.0), name
+    return ({name: bool(np.all(value == 0.75)) for name, value in params.items()},
+            {name: value.shape for name, value in params.items()})
+
+
 # The classifier's and the first conv's weights.
-NAMES = {"lightning": ("fc.weight", "conv1.weight"), "flax": ("fc/kernel", "conv1/kernel")}
+NAMES = {"lightning": ("fc.weight", "conv1.weight"), "flax": ("fc/kernel", "conv1/kernel"),
+         "nnx": ("fc/kernel", "conv1/kernel")}
 
 
 @pytest.mark.parametrize("side", SIDES)

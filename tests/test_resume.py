@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from common.config import TrainConfig, parse_config
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS, FLAX_SIDES, SIDES
 from harness.lockstep import final_weights
 from harness.processes import finish, start_train
 from tests.helpers.checkpoints import assert_saved_alike, flat, newest_step
@@ -47,11 +47,11 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, refe
     straight = reference_runs[side]  # uninterrupted, with these flags
     argv = [*straight.argv, "--logdir", str(tmp_path), "--run-name", "split"]  # 2 loader workers
     first, second = (tmp_path / side / "split" / f"version_{n}" for n in (0, 1))
-    if side == "flax":
+    if side in FLAX_SIDES:
         forbid_forking(monkeypatch)
     run_epochs_then_stop(side, argv, epochs=1)
     assert newest_step(side, first) == 3
-    if side == "flax":
+    if side in FLAX_SIDES:
         assert checkpoint_names(first) == ["3"]
 
     resumed = run_main(side, argv + ["--resume", "last"])
@@ -60,9 +60,10 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, refe
     # Everything the two runs saved at their end: on the flax side the optimizer state and the
     # random key too.
     saved = assert_saved_alike(side, straight.version, second)
-    if side == "flax":  # what it saved is what it ended with
+    if side in FLAX_SIDES:  # what it saved is what it ended with
         assert int(resumed.returned.step) == 6
-        final = flat(jax.device_get({"params": resumed.returned.params, "batch_stats": resumed.returned.batch_stats}))
+        items = resumed.returned.checkpoint_items()
+        final = flat(jax.device_get({"params": items["params"], "batch_stats": items["batch_stats"]}))
         for key, value in final.items():
             assert np.array_equal(value, saved[key]), key
 
@@ -71,7 +72,7 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, refe
     assert [s for s, _ in scalars(second)["train/loss"]] == [3, 4, 5]
     assert scalars(second)["train/loss"] == scalars(straight.version)["train/loss"][3:]
     assert newest_step(side, first) == 3
-    if side == "flax":  # with a copy of the checkpoint it resumed from
+    if side in FLAX_SIDES:  # with a copy of the checkpoint it resumed from
         assert checkpoint_names(first) == ["3"] and checkpoint_names(second) == ["3", "6"]
 
 
@@ -101,7 +102,7 @@ def resume_last(side: str, argv: list[str]) -> tuple[Path, int]:
     return checkpoint.find("last", config.logdir, config.run_name)
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_resume_last_passes_over_a_save_cut_short_by_a_kill(tmp_path, side, reference_runs):
     checkpoints = reference_runs[side].copy_to(tmp_path) / "checkpoints"
     leave_a_save_cut_short(side, checkpoints)
@@ -130,7 +131,7 @@ def assert_the_previous_epochs_checkpoint(side: str, picked: Path, checkpoints: 
         assert picked == checkpoints / "3"
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_resume_last_passes_over_a_damaged_newest_checkpoint_and_says_so(tmp_path, side, reference_runs):
     """A checkpoint that completed and was damaged on disk later (a file cut short): --resume
     last restores the one before it, in one line naming both."""
@@ -183,7 +184,7 @@ UNUSABLE = {"lightning": ("truncated", "empty file", "state_dict only", "empty f
             "flax": ("lightning checkpoint", "empty folder", "corrupt step")}
 
 
-@pytest.mark.parametrize("side,make", [(side, make) for side in SIDES for make in UNUSABLE[side]])
+@pytest.mark.parametrize("side,make", [(side, make) for side in DRIVERS for make in UNUSABLE[side]])
 def test_an_unusable_resume_path_is_a_one_line_error(tmp_path, side, make):
     path = unusable(make, tmp_path)
     before = path.read_bytes() if path.is_file() else None
@@ -230,7 +231,7 @@ def resume_error(side: str) -> type:
     return CheckpointError
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_the_other_sides_run_given_to_resume_points_to_init_from(tmp_path, side):
     """A flax run folder to the Lightning side, a Lightning .ckpt or run folder to the flax side:
     the error says that --init-from starts from its weights."""
@@ -265,14 +266,14 @@ def epoch_checkpoint_written(side: str, version: Path, epoch: int) -> bool:
 
 def start_both(logdir: Path, *extra: str) -> dict:
     return {side: start_train(side, [*KILL_ARGV, "--logdir", str(logdir), *extra], stdout=subprocess.PIPE)
-            for side in SIDES}
+            for side in DRIVERS}
 
 
 def stop_both(started: dict, run: dict, how: str, epoch: dict) -> dict:
     """side -> the CompletedProcess of its started run, stopped by the signal `how` a moment
     after the version folder run[side] holds the checkpoint of the end of epoch[side]."""
     try:
-        waiting, deadline = set(SIDES), time.monotonic() + 300
+        waiting, deadline = set(DRIVERS), time.monotonic() + 300
         while waiting:
             for side in list(waiting):
                 process = started[side]
@@ -289,13 +290,13 @@ def stop_both(started: dict, run: dict, how: str, epoch: dict) -> dict:
         raise
     # What a killed run's loader workers (and flax's fork server) left running, before finish()
     # waits for their ends of its pipes.
-    left = {side: [] for side in SIDES}
+    left = {side: [] for side in DRIVERS}
     for side, process in started.items():
         if how == "SIGKILL":
             process.wait()
             left[side] = left_running(process.pid)
     ended = finish(started)
-    for side in SIDES:
+    for side in DRIVERS:
         ended[side].left_running = left[side]
     return ended
 
@@ -309,21 +310,21 @@ def kill_resume_runs(tmp_path_factory) -> dict:
     run together, two processes at a time (more than the cores only slow each other down)."""
     logdir = tmp_path_factory.mktemp("runs")
     straight = finish(start_both(logdir))
-    for side in SIDES:
+    for side in DRIVERS:
         assert straight[side].returncode == 0, straight[side].stderr[-3000:]
-    folder = {side: logdir / side / "stopped" for side in SIDES}
+    folder = {side: logdir / side / "stopped" for side in DRIVERS}
     interrupted = stop_both(start_both(logdir, "--run-name", "stopped"),
-                            {side: folder[side] / "version_0" for side in SIDES}, "SIGINT",
-                            epoch={side: 0 for side in SIDES})
+                            {side: folder[side] / "version_0" for side in DRIVERS}, "SIGINT",
+                            epoch={side: 0 for side in DRIVERS})
     # Killed after the checkpoint of the epoch it resumed in, which must not be the last.
-    reached = {side: newest_step(side, folder[side] / "version_0") for side in SIDES}
+    reached = {side: newest_step(side, folder[side] / "version_0") for side in DRIVERS}
     assert max(reached.values()) < (EPOCHS - 1) * EPOCH, f"Ctrl-C landed too late to kill the resumed run: {reached}"
     killed = stop_both(start_both(logdir, "--run-name", "stopped", "--resume", "last"),
-                       {side: folder[side] / "version_1" for side in SIDES}, "SIGKILL",
-                       epoch={side: reached[side] // EPOCH for side in SIDES})
+                       {side: folder[side] / "version_1" for side in DRIVERS}, "SIGKILL",
+                       epoch={side: reached[side] // EPOCH for side in DRIVERS})
     resumed = finish(start_both(logdir, "--run-name", "stopped", "--resume", "last"))
     return {side: (logdir / side / "resnet20-digits" / "version_0", folder[side],
-                   (interrupted[side], killed[side], resumed[side]), straight[side]) for side in SIDES}
+                   (interrupted[side], killed[side], resumed[side]), straight[side]) for side in DRIVERS}
 
 
 def left_running(session: int, wait: float = 30.0) -> list[str]:
@@ -350,7 +351,7 @@ def left_running(session: int, wait: float = 30.0) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_ctrl_c_saves_the_step_reached_and_says_how_to_go_on(side, kill_resume_runs):
     _, run, (interrupted, killed, _), _ = kill_resume_runs[side]
     errors = [line for line in interrupted.stderr.splitlines() if line.startswith("error:")]
@@ -366,7 +367,7 @@ def test_ctrl_c_saves_the_step_reached_and_says_how_to_go_on(side, kill_resume_r
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_a_run_resumed_after_ctrl_c_and_sigkill_ends_like_an_uninterrupted_one(side, kill_resume_runs):
     uninterrupted, run, (_, _, resumed), _ = kill_resume_runs[side]
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -399,7 +400,7 @@ def reported(completed: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_a_resumed_run_reports_and_tests_the_uninterrupted_runs_best(side, kill_resume_runs):
     """Stopped by Ctrl-C and by SIGKILL after the best epoch: the run ends testing the checkpoint
     the uninterrupted run tests, and reports the same best val/acc and test/acc."""

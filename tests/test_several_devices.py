@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from common.errors import TrainingError
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS
 from harness.lockstep import final_weights
 from harness.processes import finish
 from lightning_side.sync_batchnorm import GlobalBatchNorm2d, GlobalBatchNormSync
@@ -217,9 +217,9 @@ def straight_runs(tmp_path_factory) -> dict:
     of Lightning's --devices 2. The like-one-process tests read them; the Ctrl-C test resumes a
     stopped run to the same end as the two-process run of its side."""
     logdir = tmp_path_factory.mktemp("straight")
-    wait_all([launch(side, logdir, "single") for side in SIDES])
-    runs = {("single", side): logdir / side / "single" / "version_0" for side in SIDES}
-    for side in SIDES:
+    wait_all([launch(side, logdir, "single") for side in DRIVERS])
+    runs = {("single", side): logdir / side / "single" / "version_0" for side in DRIVERS}
+    for side in DRIVERS:
         runs["nodes", side] = (two_nodes(side, logdir, "nodes"), logdir / side / "nodes" / "version_0")
     runs["ddp", "lightning"] = (wait_all(two_processes("lightning", logdir, "ddp"))[0],
                                 logdir / "lightning" / "ddp" / "version_0")
@@ -255,7 +255,7 @@ def test_lightning_ddp_on_two_devices_trains_like_one_process(straight_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_two_nodes_train_like_one_process(straight_runs, side):
     outputs, version = straight_runs["nodes", side]
     assert sum(out.count(f"[{side}] best val/acc") for out in outputs) == 1
@@ -287,7 +287,7 @@ def two_processes(side: str, logdir: Path, run_name: str, *extra: str, new_sessi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_ctrl_c_stops_every_process_at_one_step_and_resumes_to_the_same_end(tmp_path, straight_runs, side):
     """Ctrl-C as the second epoch starts: every process stops after the same step, with a
     checkpoint of it, and --resume last ends on the weights of the uninterrupted two-process run."""
@@ -316,7 +316,7 @@ def test_ctrl_c_stops_every_process_at_one_step_and_resumes_to_the_same_end(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_a_diverged_multi_process_run_stops_on_every_rank_together(tmp_path, side):
     """--lr 1e8, a real divergence in train.py processes: every process stops at the same step
     with the one-line divergence error and no traceback, and none is left waiting in a collective

@@ -1,5 +1,6 @@
 """python -m harness.sweep: finished runs skipped, bad sweep flags, the report at the end, and a
-sweep stopped by Ctrl-C that the same command continues."""
+sweep stopped by Ctrl-C that the same command continues; --sides, with train.py's processes
+replaced by runs written at once (tests/helpers/sweep.py's FakeTraining)."""
 
 import pytest
 
@@ -35,6 +36,9 @@ def test_finished_seeds_are_skipped_and_the_report_is_written(tmp_path, capsys):
     (["--seeds", "0"], "--seeds: give a positive count"),
     (["--seeds", "1", "1"], "--seeds: give a positive count or distinct seeds"),
     (["--seeds", "2", "--epochs", "0"], "--epochs must be a positive integer"),
+    (["--seeds", "2", "--sides", "lightning", "jax"], "argument --sides: invalid choice: 'jax'"),
+    (["--seeds", "2", "--sides", "nnx"], "--sides: choose two or more sides to compare, got nnx alone"),
+    (["--seeds", "2", "--sides", "flax", "nnx", "flax"], "--sides: name each side once"),
 ])
 def test_bad_sweep_flags_are_one_error_line_after_argparse_usage(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as stop:
@@ -43,6 +47,71 @@ def test_bad_sweep_flags_are_one_error_line_after_argparse_usage(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("usage: python -m harness.sweep") and message in err[-1]
     assert not (tmp_path / "lightning").exists()
+
+
+def _train_argv(logdir, seed: int, *resume: str) -> list[str]:
+    """The arguments the sweep gives train.py for the flags of the tests below."""
+    return ["--dataset", "digits", "--epochs", "2", "--logdir", str(logdir), "--seed", str(seed),
+            "--run-name", f"{_prefix(epochs=2)}-seed{seed}", *resume]
+
+
+def test_a_sweep_of_lightning_and_nnx_starts_those_sides_train_py_for_each_seed(tmp_path, capsys, monkeypatch):
+    import harness.sweep
+    from tests.helpers.sweep import FakeTraining
+
+    fake = FakeTraining(lambda side, seed: 0.90 + seed / 100 + (0.02 if side == "nnx" else 0.0))
+    monkeypatch.setattr(harness.sweep, "subprocess", fake.module())
+    assert main(["--seeds", "2", "--sides", "nnx", "lightning", "--dataset", "digits", "--epochs", "2",
+                 "--logdir", str(tmp_path)]) == 0
+    # Each seed on both sides, Lightning first whatever the order given; flax is never started.
+    assert fake.started == [(side, _train_argv(tmp_path, seed)) for seed in (0, 1) for side in ("lightning", "nnx")]
+    out = capsys.readouterr().out
+    assert "sweep: 2 seeds x 2 sides (lightning, nnx) of recipe" in out
+    assert [line.split(" done in ")[0] for line in out.splitlines() if line.startswith("[")] == [
+        f"[{i}/4] {side:<9} seed {seed}: training ..." for i, (seed, side) in
+        enumerate(((0, "lightning"), (0, "nnx"), (1, "lightning"), (1, "nnx")), 1)]
+    report = (tmp_path / "compare.md").read_text()
+    assert "| metric | lightning (n=2) | nnx (n=2) | nnx − lightning [95% CI] |" in report
+    assert "flax" not in report and not (tmp_path / "flax").exists()
+    assert "| test/acc | 0.9050 ± 0.0071 | 0.9250 ± 0.0071 | +2.00 pt [" in report
+    # Adding flax later trains flax only: the run folders do not depend on --sides.
+    fake.started.clear()
+    assert main(["--seeds", "2", "--sides", "lightning", "flax", "nnx", "--dataset", "digits", "--epochs", "2",
+                 "--logdir", str(tmp_path)]) == 0
+    assert fake.started == [("flax", _train_argv(tmp_path, seed)) for seed in (0, 1)]
+    assert "2 lightning, 2 flax and 2 nnx seeds" in (tmp_path / "compare.md").read_text()
+
+
+def test_a_three_side_sweep_stopped_in_an_nnx_run_is_continued_by_the_same_command(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in nnx's seed 1 (exit 130, a checkpoint) stops the sweep; the same command again
+    skips the five finished runs, resumes that one with --resume last, and runs seed 2's three."""
+    import harness.sweep
+    from harness.trials import run_trials
+    from tests.helpers.sweep import FakeTraining
+
+    fake = FakeTraining(lambda side, seed: 0.90 + seed / 100, stop={("nnx", 1)})
+    monkeypatch.setattr(harness.sweep, "subprocess", fake.module())
+    argv = ["--seeds", "3", "--sides", "lightning", "flax", "nnx", "--dataset", "digits", "--epochs", "2",
+            "--logdir", str(tmp_path)]
+    order = [(seed, side) for seed in range(3) for side in ("lightning", "flax", "nnx")]
+    assert main(argv) == 130
+    assert fake.started == [(side, _train_argv(tmp_path, seed)) for seed, side in order[:6]]
+    assert "stopped after" in capsys.readouterr().out
+
+    fake.started.clear()
+    assert main(argv) == 0
+    assert fake.started == [("nnx", _train_argv(tmp_path, 1, "--resume", "last"))] + [
+        (side, _train_argv(tmp_path, seed)) for seed, side in order[6:]]
+    out = capsys.readouterr().out
+    assert [line.split(" (test/acc")[0].split(" ... ")[0] for line in out.splitlines() if line.startswith("[")] == [
+        f"[{i}/9] {side:<9} seed {seed}: " + ("finished before, skipped" if i <= 5 else "training")
+        for i, (seed, side) in enumerate(order, 1)]
+    (resumed,) = run_trials(tmp_path / "nnx" / f"{_prefix(epochs=2)}-seed1", "nnx")
+    assert resumed.finished and [v.path.name for v in resumed.versions] == ["version_0", "version_1"]
+    report = (tmp_path / "compare.md").read_text()
+    assert "3 lightning, 3 flax and 3 nnx seeds" in report
+    assert [line for line in report.splitlines() if line.startswith("### ")] == [
+        "### flax against lightning", "### nnx against lightning", "### nnx against flax"]
 
 
 @pytest.mark.slow  # six short runs, one of them twice (tests/conftest.py's digits_sweep)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common.config import parse_config
-from common.sides import SIDES
+from tests.helpers.sides import DRIVERS, SIDES
 from harness.processes import finish, start_train
 from tests.helpers.in_process import run_main
 from tests.helpers.schedules import learning_rates
@@ -29,6 +29,7 @@ CHECKPOINTS_AT_THE_END = {
     "flax": lambda checkpoints: (sorted(p.name for p in checkpoints.iterdir()) == ["3", "6"]
                                  and (checkpoints / "6" / "state").is_dir()),
 }
+CHECKPOINTS_AT_THE_END["nnx"] = CHECKPOINTS_AT_THE_END["flax"]
 
 
 @pytest.mark.parametrize("side", SIDES)
@@ -74,7 +75,7 @@ def get_json(base: str, path: str, **query):
 @pytest.fixture
 def tensorboard(tmp_path):
     logdir = tmp_path / "logs"
-    done = finish({side: start_train(side, [*RUN, "--logdir", str(logdir)]) for side in SIDES})
+    done = finish({side: start_train(side, [*RUN, "--logdir", str(logdir)]) for side in DRIVERS})
     for out in done.values():
         assert out.returncode == 0, out.stderr[-3000:]
     port = free_port()
@@ -119,7 +120,7 @@ def test_both_runs_list_the_same_tags_over_the_same_steps(tensorboard):
     assert [step for _, step, _ in train] == [1, 3, 5]
 
 
-@pytest.mark.parametrize("side", SIDES)
+@pytest.mark.parametrize("side", DRIVERS)
 def test_an_epoch_timed_at_zero_seconds_logs_nan_images_per_sec(tmp_path, side, monkeypatch, reference_runs):
     """perf/* come every epoch: an epoch whose clock reads 0 s (a resume that enters an epoch at
     its end trains no batch) logs NaN images/s instead of dropping the tags, and the report's

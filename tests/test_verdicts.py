@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.verdicts import Scale, compare, seeds_needed
+from harness.verdicts import Scale, compare, judged_pairs, seeds_needed
 
 POINTS = Scale("points", 1.0)  # accuracies: ±1 point
 RATIO = Scale("ratio", 0.05)   # throughput, memory: ±5%
@@ -22,7 +22,7 @@ def test_identical_distributions_are_equivalent():
     verdict = compare(lightning, flax, POINTS)
     assert verdict.word == "equivalent" and verdict.text == "equivalent within ±1 pt"
     assert verdict.tost_p < 0.05 and verdict.low < 0 < verdict.high
-    assert 0.2 < verdict.p_flax_higher < 0.8
+    assert 0.2 < verdict.p_higher < 0.8
 
 
 def test_a_shift_of_several_sigma_is_different_with_the_right_sign():
@@ -33,8 +33,9 @@ def test_a_shift_of_several_sigma_is_different_with_the_right_sign():
     assert verdict.word == "different"
     assert verdict.text.startswith("different: flax lower by ")
     assert verdict.high < 0 and verdict.low < -2 < verdict.high  # the interval holds the truth
-    assert verdict.p_flax_higher == 0.0
+    assert verdict.p_higher == 0.0
     assert compare(flax, lightning, POINTS).text.startswith("different: flax higher by ")
+    assert compare(lightning, flax, POINTS, name="nnx").text.startswith("different: nnx lower by ")
 
 
 def test_two_noisy_seeds_are_inconclusive_and_say_how_many_would_decide():
@@ -64,7 +65,7 @@ def test_the_interval_and_tost_are_welchs_as_scipy_computes_them():
     above = stats.ttest_ind(flax * 100, lightning * 100 + 1.0, equal_var=False, alternative="less")
     assert verdict.tost_p == pytest.approx(max(below.pvalue, above.pvalue))
     u = stats.mannwhitneyu(flax, lightning).statistic
-    assert verdict.p_flax_higher == pytest.approx(u / 24)
+    assert verdict.p_higher == pytest.approx(u / 24)
 
 
 def test_throughput_is_compared_as_a_ratio():
@@ -122,3 +123,16 @@ def test_the_seed_counts_docs_comparing_md_states():
     assert (seeds_needed(0.0, 0.2, 1.0, seeds_now=1), seeds_needed(0.0, 0.2, 1.0)) == (2, 3)
     assert seeds_needed(0.0, 0.3, 1.0) == 3
     assert (seeds_needed(0.5, 0.2, 1.0), seeds_needed(0.5, 0.3, 1.0)) == (3, 6)
+
+
+def test_each_side_is_judged_against_lightning_and_nnx_also_against_linen():
+    """The pairs (reference, judged side) a report judges, for each choice of --sides."""
+    from itertools import combinations
+
+    from common.sides import SIDES
+
+    assert judged_pairs(("lightning", "flax")) == [("lightning", "flax")]
+    assert judged_pairs(("lightning", "nnx")) == [("lightning", "nnx")]
+    assert judged_pairs(("flax", "nnx")) == [("flax", "nnx")]
+    assert judged_pairs(("lightning", "flax", "nnx")) == [("lightning", "flax"), ("lightning", "nnx"), ("flax", "nnx")]
+    assert all(judged_pairs(sides) for n in range(2, len(SIDES) + 1) for sides in combinations(SIDES, n))

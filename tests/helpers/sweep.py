@@ -1,4 +1,5 @@
-"""A sweep stopped by Ctrl-C and continued (tests/conftest.py's digits_sweep), and its verdict."""
+"""A sweep stopped by Ctrl-C and continued (tests/conftest.py's digits_sweep), and its verdict;
+FakeTraining, which lets harness.sweep run its plan without training."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 from common.sides import SIDES
 
@@ -67,3 +70,41 @@ def verdict_on_test_acc(logdir: Path):
     acc = {side: [t.summary()["test/acc"] for t in find_trials(logdir) if t.side == side]
            for side in SIDES}
     return acc, compare(acc["lightning"], acc["flax"], scales(1.0, 5.0)["test/acc"])
+
+
+@dataclass
+class FakeTraining:
+    """Stands in for harness.sweep's subprocess module: each train.py command the sweep starts is
+    recorded as (side, its arguments), and instead of training, the run it asks for is written at
+    once (tests/helpers/fake_runs.py) in the next version folder of its run: finished, with
+    test/acc test_acc(side, seed); or, for a (side, seed) of `stop` started without --resume,
+    stopped as by Ctrl-C (exit 130) after its first epoch, with a checkpoint and no test/acc.
+    Install it with monkeypatch.setattr(harness.sweep, "subprocess", fake.module())."""
+    test_acc: Callable[[str, int], float]
+    stop: set[tuple[str, int]] = field(default_factory=set)
+    started: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def module(self) -> SimpleNamespace:
+        return SimpleNamespace(Popen=self.popen, STDOUT=subprocess.STDOUT)
+
+    def popen(self, command: list[str], **kwargs) -> SimpleNamespace:
+        from common.config import parse_config
+        from common.runs import versions
+        from common.sides import SIDES, train_script
+        from tests.helpers.fake_runs import fake_run
+
+        assert command[0] == sys.executable, command
+        (side,) = [s for s in SIDES if Path(command[1]) == train_script(s)]
+        argv = command[2:]
+        self.started.append((side, argv))
+        config = parse_config(side, argv).to_dict()
+        assert config["dataset"] == "digits", "fake_run writes digits runs"
+        logdir, name, seed = Path(config["logdir"]), config["run_name"], config["seed"]
+        flags = {k: v for k, v in config.items() if k not in ("dataset", "run_name", "logdir")}
+        version = len(versions(logdir, side, name))
+        if (side, seed) in self.stop and config["resume"] is None:
+            stopped = fake_run(logdir, side, name, version, test_acc=None, steps=range(0, 3), **flags)
+            (stopped / "checkpoints" / "2").mkdir(parents=True)
+            return SimpleNamespace(wait=lambda: 130, send_signal=lambda sig: None)
+        fake_run(logdir, side, name, version, test_acc=self.test_acc(side, seed), **flags)
+        return SimpleNamespace(wait=lambda: 0, send_signal=lambda sig: None)

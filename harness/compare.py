@@ -1,13 +1,16 @@
-"""The comparison report: Lightning against Flax, per recipe, from both sides' TensorBoard files.
+"""The comparison report: each side against Lightning, per recipe, from the sides' TensorBoard files.
 
-    python -m harness.compare logs/                      # every recipe run on both sides
+    python -m harness.compare logs/                      # every recipe run on lightning and flax
+    python -m harness.compare logs/ --sides lightning flax nnx   # ... and on nnx too
     python -m harness.compare logs/ --run 'resnet20-digits*' --out report
     python -m harness.compare logs/ --lightning logs/lightning/a/version_0 --flax logs/flax/b/version_2
 
 Runs are grouped by recipe: every flag equal but the seed (and where the files go). For a recipe
-run with several seeds per side, each metric gets flax - lightning with a 95% interval, an
-equivalence test against a margin, P(flax > lightning) and a verdict in words (harness/verdicts.py);
-with one seed per side, a side-by-side table. Writes <out>.md and <out>.png, and prints the Markdown.
+run with several seeds on every side of --sides, each pair of sides harness/verdicts.py's
+judged_pairs() names (flax against lightning, nnx against lightning, nnx against flax) gets, metric
+by metric, the difference side - reference with a 95% interval, an equivalence test against a
+margin, P(side > reference) and a verdict in words; with one seed per side, a side-by-side table.
+Writes <out>.md and <out>.png, and prints the Markdown.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import numpy as np
 
 from harness.recipes import differences, recipe_flags
 from harness.report_plots import plot_groups, plot_pair
-from common.sides import SIDES
+from common.sides import DEFAULT_SIDES, SIDES
 from harness.trials import METRICS, Trial, find_trials, read_version
-from harness.verdicts import Scale, compare
+from harness.verdicts import Scale, compare, judged_pairs
 
 
 class RunNotFound(ValueError):
@@ -67,16 +70,22 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:,.1f}"
 
 
+def _ratio(a: float, b: float) -> str:
+    ratio = b / a if a and not math.isnan(a) and not math.isnan(b) else math.nan
+    return "" if math.isnan(ratio) else f"{ratio:.2f}×"
+
+
 def pair_table(rows: dict[str, dict[str, float]], paths: dict[str, Path]) -> str:
-    """One run per side, metric by metric, with the ratio flax / lightning."""
+    """One run per side, metric by metric, with the ratio side / reference of each judged pair
+    (flax / lightning for the two default sides)."""
     metrics = list(next(iter(rows.values())))
-    lines = ["| | " + " | ".join(rows) + " | flax / lightning |",
-             "| --- | " + " | ".join("---:" for _ in rows) + " | ---: |"]
+    pairs = judged_pairs(list(rows))
+    lines = ["| | " + " | ".join(rows) + " | " + " | ".join(f"{side} / {ref}" for ref, side in pairs) + " |",
+             "| --- | " + " | ".join("---:" for _ in [*rows, *pairs]) + " |"]
     for m in metrics:
-        a, b = rows["lightning"][m], rows["flax"][m]
         cells = [_fmt(m, rows[side][m]) for side in rows]
-        ratio = b / a if a and not math.isnan(a) and not math.isnan(b) else math.nan
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'' if math.isnan(ratio) else f'{ratio:.2f}×'} |")
+        ratios = [_ratio(rows[ref][m], rows[side][m]) for ref, side in pairs]
+        lines.append(f"| {m} | " + " | ".join(cells + ratios) + " |")
     lines.append("")
     lines += [f"- {side}: `{path}`" for side, path in paths.items()]
     return "\n".join(lines) + "\n"
@@ -101,78 +110,102 @@ def _difference(verdict, scale: Scale) -> str:
     return f"{verdict.difference:+.2f} pt{interval}"
 
 
-def verdict_table(by_side: dict[str, list[Trial]], metric_scales: dict[str, Scale]) -> str:
-    summaries = {side: [t.summary() for t in by_side[side]] for side in SIDES}
-    n = {side: len(by_side[side]) for side in SIDES}
-    lines = [f"| metric | lightning (n={n['lightning']}) | flax (n={n['flax']}) | "
-             "flax − lightning [95% CI] | margin, TOST p | P(flax > lightning) | verdict |",
+def verdict_table(by_side: dict[str, list[Trial]], metric_scales: dict[str, Scale], pair: tuple[str, str]) -> str:
+    """Metric by metric, the verdict on side against reference for pair = (reference, side)."""
+    ref, side = pair
+    summaries = {s: [t.summary() for t in by_side[s]] for s in pair}
+    n = {s: len(by_side[s]) for s in pair}
+    lines = [f"| metric | {ref} (n={n[ref]}) | {side} (n={n[side]}) | "
+             f"{side} − {ref} [95% CI] | margin, TOST p | P({side} > {ref}) | verdict |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for metric in METRICS:
-        values = {side: [s[metric] for s in summaries[side]] for side in SIDES}
+        values = {s: [summary[metric] for summary in summaries[s]] for s in pair}
         scale = metric_scales[metric]
-        verdict = compare(values["lightning"], values["flax"], scale)
+        verdict = compare(values[ref], values[side], scale, name=side)
         tost = "" if math.isnan(verdict.tost_p) else f", p = {verdict.tost_p:.3f}"
-        p_higher = "–" if math.isnan(verdict.p_flax_higher) else f"{verdict.p_flax_higher:.2f}"
-        lines.append(f"| {metric} | {_mean_std(metric, values['lightning'])} | "
-                     f"{_mean_std(metric, values['flax'])} | {_difference(verdict, scale)} | "
+        p_higher = "–" if math.isnan(verdict.p_higher) else f"{verdict.p_higher:.2f}"
+        lines.append(f"| {metric} | {_mean_std(metric, values[ref])} | "
+                     f"{_mean_std(metric, values[side])} | {_difference(verdict, scale)} | "
                      f"{scale.margin_text()}{tost} | {p_higher} | {verdict.text} |")
     return "\n".join(lines) + "\n"
 
 
 def seed_table(by_side: dict[str, list[Trial]]) -> str:
-    seeds = sorted({t.seed for side in SIDES for t in by_side[side]})
-    cells = {side: {t.seed: t.summary() for t in by_side[side]} for side in SIDES}
-    lines = ["| seed | lightning test/acc | flax test/acc | lightning images/s | flax images/s |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
+    """Each seed's test accuracy and speed on every side of `by_side`."""
+    seeds = sorted({t.seed for side in by_side for t in by_side[side]})
+    cells = {side: {t.seed: t.summary() for t in by_side[side]} for side in by_side}
+    columns = [(m, side) for m in ("test/acc", "train images/s") for side in by_side]
+    lines = ["| seed | " + " | ".join(f"{side} {m.split()[-1]}" for m, side in columns) + " |",
+             "| ---: |" + " ---: |" * len(columns)]
     for seed in seeds:
-        row = [_fmt(m, cells[side][seed][m]) if seed in cells[side] else "–"
-               for m in ("test/acc", "train images/s") for side in SIDES]
+        row = [_fmt(m, cells[side][seed][m]) if seed in cells[side] else "–" for m, side in columns]
         lines.append(f"| {seed} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def group_report(trials: dict[str, dict[int, Trial]], metric_scales: dict[str, Scale]) -> str:
-    by_side = {side: [trials[side][s] for s in sorted(trials[side])] for side in SIDES}
-    any_trial = by_side["lightning"][0]
+def _and(words: list[str]) -> str:
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def group_report(trials: dict[str, dict[int, Trial]], metric_scales: dict[str, Scale],
+                 sides: tuple[str, ...] = DEFAULT_SIDES) -> str:
+    by_side = {side: [trials[side][s] for s in sorted(trials[side])] for side in sides}
+    any_trial = by_side[sides[0]][0]
     recipe = any_trial.recipe
     flags = recipe_flags(recipe)
-    n = {side: len(by_side[side]) for side in SIDES}
+    n = {side: len(by_side[side]) for side in sides}
     head = [f"## {recipe['model']} on {recipe['dataset']}, recipe {any_trial.recipe_id}: "
-            f"{n['lightning']} lightning and {n['flax']} flax seeds", "",
+            f"{_and([f'{n[side]} {side}' for side in sides])} seeds", "",
             f"Recipe: `{flags or '(every flag at its default)'}` (other flags at their defaults).", ""]
-    runs = [f"- {side}: " + ", ".join(f"`{t.path}`" for t in by_side[side]) for side in SIDES]
+    runs = [f"- {side}: " + ", ".join(f"`{t.path}`" for t in by_side[side]) for side in sides]
     if min(n.values()) < 2:
-        rows = {side: by_side[side][-1].summary() for side in SIDES}
-        paths = {side: by_side[side][-1].path for side in SIDES}
+        rows = {side: by_side[side][-1].summary() for side in sides}
+        paths = {side: by_side[side][-1].path for side in sides}
         note = ("One seed per side gives no verdict: in float32, two seeds of one framework differ "
                 "as much as the two frameworks may. Run several seeds per side with "
                 "`python -m harness.sweep --seeds 5` and the same flags.")
         return "\n".join(head) + "\n" + pair_table(rows, paths) + "\n" + note + "\n"
-    return ("\n".join(head) + "\n" + verdict_table(by_side, metric_scales) + "\n" + seed_table(by_side)
+    pairs = judged_pairs(sides)
+    if len(pairs) == 1:
+        verdicts = verdict_table(by_side, metric_scales, pairs[0])
+    else:
+        verdicts = "\n".join(f"### {side} against {ref}\n\n" + verdict_table(by_side, metric_scales, (ref, side))
+                              for ref, side in pairs)
+    return ("\n".join(head) + "\n" + verdicts + "\n" + seed_table(by_side)
             + "\nRuns:\n\n" + "\n".join(runs) + "\n")
 
 
-def report(trials: list[Trial], metric_scales: dict[str, Scale]) -> tuple[str, list[dict]]:
-    """(Markdown, the PNG's groups) for every recipe run on both sides; RunNotFound if none was."""
+def report(trials: list[Trial], metric_scales: dict[str, Scale],
+           sides: tuple[str, ...] = DEFAULT_SIDES) -> tuple[str, list[dict]]:
+    """(Markdown, the PNG's groups) for every recipe run on all of `sides`; RunNotFound if none
+    was. Trials of other sides are left out."""
+    trials = [t for t in trials if t.side in sides]
     finished = [t for t in trials if t.finished]
     unfinished = [t for t in trials if not t.finished]
     groups = group_by_recipe(finished)
-    both = {rid: g for rid, g in groups.items() if all(g.get(side) for side in SIDES)}
-    if not both:
-        raise RunNotFound(_nothing_to_compare(groups, unfinished))
+    complete = {rid: g for rid, g in groups.items() if all(g.get(side) for side in sides)}
+    if not complete:
+        raise RunNotFound(_nothing_to_compare(groups, unfinished, sides))
     sections, plotted = [], []
-    for rid, group in both.items():
-        sections.append(group_report(group, metric_scales))
-        recipe = next(iter(group["lightning"].values())).recipe
+    for rid, group in complete.items():
+        sections.append(group_report(group, metric_scales, sides))
+        recipe = next(iter(group[sides[0]].values())).recipe
         plotted.append({"title": f"{recipe['model']}, {recipe['dataset']} ({rid})",
-                        "trials": {side: [group[side][s] for s in sorted(group[side])] for side in SIDES}})
+                        "trials": {side: [group[side][s] for s in sorted(group[side])] for side in sides}})
     notes = []
     for rid, group in groups.items():
-        if rid not in both:
-            side = next(s for s in SIDES if group.get(s))
-            seeds = " ".join(str(s) for s in sorted(group[side]))
-            notes.append(f"- recipe {rid} (`{recipe_flags(next(iter(group[side].values())).recipe)}`): "
-                         f"only {side} runs (seeds {seeds}); nothing to compare it with")
+        if rid not in complete:
+            present = [s for s in sides if group.get(s)]
+            flags = recipe_flags(next(iter(group[present[0]].values())).recipe)
+            seeds = {side: " ".join(str(s) for s in sorted(group[side])) for side in present}
+            if len(present) == 1:
+                notes.append(f"- recipe {rid} (`{flags}`): only {present[0]} runs (seeds "
+                             f"{seeds[present[0]]}); nothing to compare it with")
+            else:
+                missing = [s for s in sides if s not in present]
+                notes.append(f"- recipe {rid} (`{flags}`): runs of "
+                             + _and([f"{side} (seeds {seeds[side]})" for side in present])
+                             + f" but none of {_and(missing)}; `--sides {' '.join(present)}` compares them")
     if unfinished:
         notes.append(f"- {len(unfinished)} unfinished run(s) without test/acc left out: "
                      + ", ".join(f"`{t.path}`" for t in unfinished))
@@ -182,20 +215,25 @@ def report(trials: list[Trial], metric_scales: dict[str, Scale]) -> tuple[str, l
     return text, plotted
 
 
-def _nothing_to_compare(groups, unfinished) -> str:
+def _nothing_to_compare(groups, unfinished, sides: tuple[str, ...]) -> str:
     newest = {}
     for group in groups.values():
-        for side in SIDES:
+        for side in sides:
             for trial in group.get(side, {}).values():
                 if side not in newest or trial.versions[-1].first_event > newest[side].versions[-1].first_event:
                     newest[side] = trial
-    if len(newest) == 2:
-        keys = differences([newest[side].recipe for side in SIDES])
-        what = ", ".join(f"{k} (lightning {newest['lightning'].recipe.get(k)}, flax "
-                         f"{newest['flax'].recipe.get(k)})" for k in keys)
-        return (f"no recipe was run on both sides: the newest runs differ in {what}; rerun one side "
-                "with the other's flags, or compare them anyway with --lightning DIR --flax DIR")
-    missing = [side for side in SIDES if side not in newest]
+    if len(newest) == len(sides):
+        keys = differences([newest[side].recipe for side in sides])
+        what = ", ".join(f"{k} (" + ", ".join(f"{side} {newest[side].recipe.get(k)}" for side in sides) + ")"
+                         for k in keys)
+        anyway = " ".join(f"--{side} DIR" for side in sides)
+        if tuple(sides) == DEFAULT_SIDES:
+            return (f"no recipe was run on both sides: the newest runs differ in {what}; rerun one side "
+                    f"with the other's flags, or compare them anyway with {anyway}")
+        return (f"no recipe was run on all of {_and(list(sides))}: the newest runs differ in {what}; "
+                "rerun the sides that differ with the same flags, or compare them anyway with "
+                f"--sides {' '.join(sides)} {anyway}")
+    missing = [side for side in sides if side not in newest]
     hint = f" ({len(unfinished)} unfinished run(s) have no test/acc yet)" if unfinished else ""
     return (f"no finished {' or '.join(missing)} run under this logdir{hint}; train with "
             + " and ".join(f"python {side}_side/train.py" for side in missing) + " first")
@@ -207,27 +245,64 @@ def add_margin_flags(parser) -> None:
                         help="equivalence margin for accuracies, in points (default: 1)")
     parser.add_argument("--ratio-margin", type=float, default=5.0, metavar="PERCENT",
                         help="equivalence margin for throughput, memory, wall time and loss, as "
-                             "a ratio flax/lightning within ±PERCENT (default: 5)")
+                             "a ratio side/reference (flax/lightning, ...) within ±PERCENT (default: 5)")
+
+
+class _Sides(argparse.Action):
+    """--sides: two or more distinct sides, kept in SIDES' order (the order of columns and runs)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(set(values)) < len(values):
+            parser.error(f"--sides: name each side once, got {' '.join(values)}")
+        if len(values) < 2:
+            other = "nnx" if values[0] == "lightning" else "lightning"
+            parser.error(f"--sides: choose two or more sides to compare, got {values[0]} alone "
+                         f"(e.g. --sides {' '.join(s for s in SIDES if s in (values[0], other))})")
+        sides = tuple(side for side in SIDES if side in values)
+        if not judged_pairs(sides):
+            parser.error(f"--sides: no side of {' '.join(sides)} is judged against another")
+        setattr(namespace, self.dest, sides)
+
+
+def add_sides_flag(parser, verb: str) -> None:
+    """--sides, the sides harness.compare compares and harness.sweep runs (`verb`)."""
+    parser.add_argument(
+        "--sides", nargs="+", choices=SIDES, default=DEFAULT_SIDES, action=_Sides, metavar="SIDE",
+        help=f"the sides to {verb}: two or more of {', '.join(SIDES)} (default: {' '.join(DEFAULT_SIDES)}). "
+             "Lightning, when chosen, is the reference every other side is judged against, and NNX "
+             "is also judged against linen (flax) when both are chosen: --sides lightning flax nnx "
+             "judges flax and nnx against lightning and nnx against flax; --sides flax nnx judges "
+             "nnx against flax alone")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.split("\n\n")[0],
                                      epilog="How to read a verdict: see docs/comparing.md.")
-    parser.add_argument("logdir", nargs="?", default="logs", help="the --logdir both sides wrote to")
+    parser.add_argument("logdir", nargs="?", default="logs", help="the --logdir the sides wrote to")
     parser.add_argument("--run", help="only run names matching this glob, e.g. 'resnet20-digits*'")
-    parser.add_argument("--lightning", type=Path, help="compare this Lightning version folder ...")
-    parser.add_argument("--flax", type=Path, help="... with this Flax version folder (one run each)")
+    add_sides_flag(parser, "compare")
+    for side in SIDES:
+        parser.add_argument(f"--{side}", type=Path, metavar="VERSION_DIR",
+                            help=f"put this {side} version folder side by side with the other sides' "
+                                 "(one run each; a side of --sides not given: its newest run)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output path without extension (default: LOGDIR/compare)")
     add_margin_flags(parser)
     args = parser.parse_args(argv)
+    given = [side for side in SIDES if getattr(args, side)]
+    outside = [side for side in given if side not in args.sides]
+    if outside:
+        parser.error(f"--{outside[0]} names a run of {outside[0]}, which --sides "
+                     f"({' '.join(args.sides)}) leaves out; add it: --sides "
+                     + " ".join(s for s in SIDES if s in args.sides or s in outside))
     logdir = Path(args.logdir)
     out = args.out or logdir / "compare"
     try:
-        if args.lightning or args.flax:
+        if given:
             text = _explicit_pair(args, logdir, out)
         else:
-            text, plotted = report(find_trials(logdir, args.run), scales(args.acc_margin, args.ratio_margin))
+            text, plotted = report(find_trials(logdir, args.run),
+                                   scales(args.acc_margin, args.ratio_margin), args.sides)
             plot_groups(plotted, out.with_suffix(".png"))
     except RunNotFound as err:
         print(f"error: {err}", file=sys.stderr)
@@ -239,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _explicit_pair(args, logdir: Path, out: Path) -> str:
-    """Two given version folders (or the newest of a side not given), side by side."""
-    paths = {side: getattr(args, side) or newest_version(logdir, side, args.run) for side in SIDES}
+    """The given version folders (and the newest of each side of --sides not given), side by side."""
+    paths = {side: getattr(args, side) or newest_version(logdir, side, args.run) for side in args.sides}
     versions = {side: read_version(path) for side, path in paths.items()}
     rows = {side: Trial(side, path.parent.name, [versions[side]]).summary() for side, path in paths.items()}
     plot_pair({side: v.scalars for side, v in versions.items()}, out.with_suffix(".png"))

@@ -1,4 +1,5 @@
-"""The PNGs of harness/compare.py: one pair of runs curve by curve, or seeds pooled into bands."""
+"""The PNGs of harness/compare.py: one run per side curve by curve, or seeds pooled into bands.
+Either draws any number of sides, in the order given, each in its colour (and line style)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from common.sides import SIDES
 
-COLOURS = {"lightning": "#792ee5", "flax": "#2a9d8f"}  # Lightning's purple, a teal for flax
+# Lightning's purple, a teal for flax (linen), an orange for NNX; a line style each, for the curves
+# of one run per side that overlap (plot_pair).
+COLOURS = {"lightning": "#792ee5", "flax": "#2a9d8f", "nnx": "#e76f51"}
+STYLES = {"lightning": "-", "flax": "--", "nnx": ":"}
 # The training curves are the epochs' means (train/*_epoch), a point per epoch whatever --log-every
 # is: a short run logs few per-step points, or none.
 TRAIN_LOSS = ("train/loss_epoch", "train loss (epoch mean)")
@@ -25,16 +28,16 @@ def _pyplot():
 
 
 def plot_pair(runs: Mapping[str, Mapping[str, list]], path: Path) -> None:
-    """Loss, accuracy, LR and speed of one run per side against the optimizer step."""
+    """Loss, accuracy, LR and speed of one run per side ({side: its scalars}) against the optimizer step."""
     plt = _pyplot()
     panels = [TRAIN_LOSS, ("val/loss", "val loss"), TRAIN_ACC, ("val/acc", "val accuracy"),
               ("train/lr", "learning rate"), ("perf/train_images_per_sec", "train images/s")]
     fig, axes = plt.subplots(3, 2, figsize=(11, 10), constrained_layout=True)
     for ax, (tag, title) in zip(axes.flat, panels):
-        for side, style in zip(SIDES, ("-", "--")):
+        for side in runs:
             series = runs[side].get(tag, [])
             if series:
-                ax.plot([s for s, _, _ in series], [v for _, v, _ in series], style, label=side,
+                ax.plot([s for s, _, _ in series], [v for _, v, _ in series], STYLES[side], label=side,
                         color=COLOURS[side], marker="o" if len(series) < 30 else None, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
@@ -58,14 +61,14 @@ def plot_groups(groups: Sequence[dict], path: Path) -> None:
     """A row per recipe: train loss and val accuracy (mean over seeds, min-max band) against the
     step, and each seed's test accuracy as a dot per side.
 
-    Each group is {"title": str, "trials": {side: [Trial, ...]}}."""
+    Each group is {"title": str, "trials": {side: [Trial, ...]}}, the sides in the order drawn."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4.2 * len(groups)), squeeze=False,
                              constrained_layout=True, gridspec_kw={"width_ratios": [2, 2, 1]})
     for row, group in zip(axes, groups):
         for ax, (tag, title) in zip(row[:2], (TRAIN_LOSS, ("val/acc", "val accuracy"))):
-            for side in SIDES:
-                trials = group["trials"].get(side, [])
+            for side in group["trials"]:
+                trials = group["trials"][side]
                 steps, mean, low, high = band([t.scalars.get(tag, []) for t in trials])
                 if len(steps) == 0:
                     continue
@@ -78,8 +81,9 @@ def plot_groups(groups: Sequence[dict], path: Path) -> None:
             ax.legend()
         dots = row[2]
         rng = np.random.default_rng(0)  # the jitter only spreads the dots; it carries no meaning
-        for x, side in enumerate(SIDES):
-            trials = group["trials"].get(side, [])
+        sides = list(group["trials"])
+        for x, side in enumerate(sides):
+            trials = group["trials"][side]
             acc = [t.summary()["test/acc"] for t in trials]
             jitter = rng.uniform(-0.12, 0.12, len(acc))
             dots.scatter(x + jitter, acc, color=COLOURS[side], zorder=3)
@@ -88,8 +92,8 @@ def plot_groups(groups: Sequence[dict], path: Path) -> None:
                               fontsize=7, va="center")
             if acc:
                 dots.hlines(np.mean(acc), x - 0.25, x + 0.25, color=COLOURS[side], linewidth=2)
-        dots.set_xticks(range(len(SIDES)), SIDES)
-        dots.set_xlim(-0.6, len(SIDES) - 0.4)
+        dots.set_xticks(range(len(sides)), sides)
+        dots.set_xlim(-0.6, len(sides) - 0.4)
         dots.set_title("test accuracy per seed (bar = mean)", fontsize=10)
         dots.grid(alpha=0.3, axis="y")
     fig.savefig(path, dpi=110)

@@ -1,14 +1,16 @@
-"""Both sides, several seeds each, then the comparison report with its verdicts.
+"""The chosen sides, several seeds each, then the comparison report with its verdicts.
 
     python -m harness.sweep --seeds 5 --dataset digits --epochs 10 --schedule cosine --warmup-epochs 1
     python -m harness.sweep --seeds 5 6 7 --dataset digits ...     # these seeds, not 0..N-1
+    python -m harness.sweep --seeds 5 --sides lightning flax nnx --dataset digits ...  # three sides
 
-Every other flag is train.py's and goes to both sides unchanged. The runs alternate between the
-sides (lightning seed 0, flax seed 0, lightning seed 1, ...), each in its own process, so a machine
-that slows down during the sweep slows both sides alike. They land in
-LOGDIR/<side>/<run-name>-<recipe>-seed<N>/, each with the run's output in sweep.log. Running the
-same command again skips the runs that finished and resumes the one that was stopped. At the end,
-harness/compare.py writes LOGDIR/compare.md and LOGDIR/compare.png for this recipe.
+--sides picks the sides (default: lightning flax); every flag but --seeds, --sides and the margins
+is train.py's and goes to every side unchanged. The runs alternate between the sides (lightning
+seed 0, flax seed 0, lightning seed 1, ...), each in its own process, so a machine that slows down
+during the sweep slows every side alike. They land in LOGDIR/<side>/<run-name>-<recipe>-seed<N>/,
+each with the run's output in sweep.log. Running the same command again skips the runs that
+finished and resumes the one that was stopped. At the end, harness/compare.py writes
+LOGDIR/compare.md and LOGDIR/compare.png for this recipe and these sides.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 from harness import compare
 from common.config import build_parser, parse_config
 from harness.recipes import recipe_id
-from common.sides import SIDES, train_command
+from common.sides import train_command
 from harness.trials import run_trials
 
 _PR_SET_PDEATHSIG = 1
@@ -35,6 +37,7 @@ def sweep_flags() -> argparse.ArgumentParser:
     group = own.add_argument_group("the sweep's own flags")
     group.add_argument("--seeds", type=int, nargs="+", required=True, metavar="N",
                        help="one number: seeds 0..N-1; several: exactly those seeds")
+    compare.add_sides_flag(group, "train and compare")
     compare.add_margin_flags(group)
     return own
 
@@ -45,6 +48,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the run outlives a killed sweep
         pass
+
+
+def plan(seeds: list[int], sides: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(seed, side) of every run, in the order the sweep runs them: each seed on every side."""
+    return [(seed, side) for seed in seeds for side in sides]
 
 
 def finished_trial(run_dir: Path, side: str):
@@ -107,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
 
     logdir = Path(config.logdir)
     prefix = f"{config.run_name}-{recipe_id(config.to_dict())}"
-    plan = [(seed, side) for seed in seeds for side in SIDES]
-    print(f"sweep: {len(seeds)} seeds x 2 sides of recipe {prefix} into {logdir}", flush=True)
+    runs = plan(seeds, sweep_args.sides)
+    print(f"sweep: {len(seeds)} seeds x {len(sweep_args.sides)} sides ({', '.join(sweep_args.sides)}) "
+          f"of recipe {prefix} into {logdir}", flush=True)
     start = time.perf_counter()
-    for i, (seed, side) in enumerate(plan, 1):
+    for i, (seed, side) in enumerate(runs, 1):
         name = f"{prefix}-seed{seed}"
         run_dir = logdir / side / name
-        head = f"[{i}/{len(plan)}] {side:<9} seed {seed}:"
+        head = f"[{i}/{len(runs)}] {side:<9} seed {seed}:"
         done = finished_trial(run_dir, side)
         if done is not None:
             print(f"{head} finished before, skipped (test/acc {done.summary()['test/acc']:.4f})", flush=True)
@@ -137,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f" done in {took:.0f} s: best val/acc {summary['best val/acc']:.4f}, "
               f"test/acc {summary['test/acc']:.4f} ({trial.path if trial else run_dir})", flush=True)
     minutes, seconds = divmod(time.perf_counter() - start, 60)
-    print(f"sweep: {len(plan)} runs done, this command took {minutes:.0f} min {seconds:.0f} s\n", flush=True)
+    print(f"sweep: {len(runs)} runs done, this command took {minutes:.0f} min {seconds:.0f} s\n", flush=True)
     return compare.main([str(logdir), "--run", f"{prefix}-seed*", "--out", str(logdir / "compare"),
+                         "--sides", *sweep_args.sides,
                          "--acc-margin", str(sweep_args.acc_margin),
                          "--ratio-margin", str(sweep_args.ratio_margin)])
 

@@ -1,7 +1,9 @@
-"""Flax against Lightning on one metric over several seeds per side: an interval, an equivalence
-test and a verdict in words. Every test and interval comes from statsmodels or scipy.
+"""One side against its reference on one metric over several seeds per side (flax against
+Lightning, say): an interval, an equivalence test and a verdict in words. Every test and interval
+comes from statsmodels or scipy. Which pairs of sides a report judges: judged_pairs().
 
-- The difference flax - lightning, with its 95% interval: Welch's t (no equal-variance assumption).
+- The difference side - reference (flax - lightning), with its 95% interval: Welch's t (no
+  equal-variance assumption).
 - Equivalence: two one-sided Welch t-tests (TOST, Schuirmann 1987) against a margin: the sides are
   equivalent when the difference is shown to lie inside (-margin, +margin).
 - P(flax > lightning): the Mann-Whitney U statistic over n_flax * n_lightning, the probability
@@ -28,6 +30,20 @@ ALPHA = 0.05
 POWER = 0.8
 MOST_SEEDS = 1000  # beyond this, "more than" is all a power estimate can honestly say
 
+# The pairing rule: Lightning is the reference every other side is judged against, and NNX is
+# also judged against linen (the side "flax"), the Flax API it replaces.
+REFERENCE = "lightning"
+ALSO_AGAINST = {"nnx": "flax"}
+
+
+def judged_pairs(sides: Sequence[str]) -> list[tuple[str, str]]:
+    """(reference, judged side) for every pair of `sides` a report judges, in the order it shows
+    them: each side against Lightning, then NNX against linen. ("lightning", "flax") gives the
+    one pair of the two-side report; ("lightning", "flax", "nnx") adds ("lightning", "nnx") and
+    ("flax", "nnx"); ("flax", "nnx") judges NNX against linen alone."""
+    pairs = [(REFERENCE, side) for side in sides if REFERENCE in sides and side != REFERENCE]
+    return pairs + [(ALSO_AGAINST[side], side) for side in sides if ALSO_AGAINST.get(side) in sides]
+
 
 @dataclass(frozen=True)
 class Scale:
@@ -50,17 +66,18 @@ class Scale:
 class Verdict:
     word: str          # 'equivalent', 'different', 'inconclusive' or 'no verdict'
     text: str          # the verdict in words, as the report prints it
-    difference: float  # flax - lightning in points, or flax / lightning for a ratio
+    difference: float  # side - reference in points, or side / reference for a ratio
     low: float
     high: float
     tost_p: float
     welch_p: float
-    p_flax_higher: float
+    p_higher: float    # P(side > reference): a random seed of the side beats one of the reference
     seeds_needed: int | None
 
 
-def compare(lightning: Sequence[float], flax: Sequence[float], scale: Scale) -> Verdict:
-    l_raw, f_raw = np.asarray(lightning, float), np.asarray(flax, float)
+def compare(reference: Sequence[float], side: Sequence[float], scale: Scale, name: str = "flax") -> Verdict:
+    """`side` (called `name` in the verdict's words) against `reference`, one value per seed."""
+    l_raw, f_raw = np.asarray(reference, float), np.asarray(side, float)
     l_raw, f_raw = l_raw[np.isfinite(l_raw)], f_raw[np.isfinite(f_raw)]
     if scale.kind == "ratio":
         l_raw, f_raw = l_raw[l_raw > 0], f_raw[f_raw > 0]
@@ -93,10 +110,10 @@ def compare(lightning: Sequence[float], flax: Sequence[float], scale: Scale) -> 
     if welch_p < ALPHA:
         way = "higher" if d > 0 else "lower"
         if scale.kind == "ratio":
-            text = f"different: flax {way}, {shown[0]:.2f}× [{shown[1]:.2f}×, {shown[2]:.2f}×]"
+            text = f"different: {name} {way}, {shown[0]:.2f}× [{shown[1]:.2f}×, {shown[2]:.2f}×]"
         else:
             a, b = sorted((abs(lo), abs(hi)))
-            text = f"different: flax {way} by {abs(d):.2f} pt [{a:.2f}, {b:.2f}]"
+            text = f"different: {name} {way} by {abs(d):.2f} pt [{a:.2f}, {b:.2f}]"
         return Verdict("different", text, *shown, tost_p, welch_p, p_higher, None)
     needed = seeds_needed(d, float(np.sqrt((l.var(ddof=1) + f.var(ddof=1)) / 2)), m, min(len(l), len(f)))
     text = ("inconclusive: more than {0} seeds per side would be needed".format(MOST_SEEDS)

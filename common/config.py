@@ -17,6 +17,7 @@ import yaml
 
 from datamodules.names import DATASETS
 from common.architectures import MODEL_NAMES, default_image_size
+from common.sides import TITLES
 
 MODELS = MODEL_NAMES
 SCHEDULES = ("multistep", "cosine", "onecycle")
@@ -156,8 +157,8 @@ def build_parser(side: str, **argparse_kwargs: Any) -> argparse.ArgumentParser:
     """The train.py parser of `side`; argparse_kwargs (prog, description, parents, ...) override."""
     settings = dict(
         prog=f"python {side}_side/train.py",
-        description=f"Train a ResNet with the {side.capitalize()} side of the harness. "
-                    "The other side's train.py takes the very same flags.",
+        description=f"Train a ResNet with the {TITLES[side]} side of the harness. "
+                    "The other sides' train.py files take the very same flags.",
         epilog="Example: python %s_side/train.py --dataset digits --epochs 10 --schedule cosine "
                "--warmup-epochs 1" % side)
     parser = argparse.ArgumentParser(**{**settings, **argparse_kwargs})

@@ -9,6 +9,8 @@ SIDES = ("lightning", "flax", "nnx")
 # What the tools (harness.sweep, harness.compare) run and compare unless --sides says otherwise:
 # Lightning against Flax as linen writes it, the comparison the harness was built for.
 DEFAULT_SIDES = ("lightning", "flax")
+# How --help and the docs name each side.
+TITLES = {"lightning": "PyTorch Lightning", "flax": "Flax linen", "nnx": "Flax NNX"}
 
 # Beside each flax checkpoint, a torch copy of its weights: <version>/torch_weights/<step>.pt,
 # which the flax side writes and the Lightning side's --init-from reads.

@@ -22,11 +22,12 @@ from common.errors import fail, one_line, run_main
 
 
 def main(argv=None) -> None:
-    launch("flax", argv)
+    launch("flax", "flax_side.loop", argv)
 
 
-def launch(side: str, argv=None) -> None:
-    """main() of this side and of the NNX side (nnx_side/train.py), which share this driver."""
+def launch(side: str, driver: str, argv=None) -> None:
+    """main() of this side and of the NNX side (nnx_side/train.py): the flags of `side`, then the
+    `train_and_evaluate(config)` of the module named `driver`, imported once JAX may start."""
     config = parse_config(side, argv)
     # XLA's persistent compilation cache: a second run of the same step skips its compilation.
     # JAX_COMPILATION_CACHE_DIR overrides.
@@ -39,8 +40,8 @@ def launch(side: str, argv=None) -> None:
     if config.num_nodes > 1:
         join_processes(config)
 
-    driver = importlib.import_module(f"{side}_side.loop")
-    run_main(lambda: driver.train_and_evaluate(config), config.logdir,
+    run = importlib.import_module(driver)
+    run_main(lambda: run.train_and_evaluate(config), config.logdir,
              on_disk_fault=lambda code: leave_at_once(code))
 
 

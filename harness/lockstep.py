@@ -25,13 +25,14 @@ from common.sides import DEFAULT_SIDES, SIDES
 def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
              extra: list[str] = (), seed: int = 0, data: list[str] = ("--dataset", "digits"),
              batch_size: int = 32, flax_devices: tuple[int, ...] = (1,), in_this_process=None,
-             sides: tuple[str, ...] = DEFAULT_SIDES) -> dict:
+             sides: tuple[str, ...] = DEFAULT_SIDES, nnx_devices: tuple[int, ...] = (1,)) -> dict:
     """Train `sides` (Lightning among them) `steps` optimizer steps (one epoch of `steps` batches)
     from one init: the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's
     own), which every side converts from its state_dict (--init-from).
 
-    The flax side trains once per entry of `flax_devices` (host devices, data parallel); a run on
-    n > 1 devices is keyed "flax on n devices". The runs are started together as processes: each
+    The flax side trains once per entry of `flax_devices` (host devices, data parallel), the NNX
+    side once per entry of `nnx_devices`; a run on n > 1 devices is keyed "flax on n devices"
+    ("nnx on n devices"). The runs are started together as processes: each
     spends much of its time in imports and XLA's compiler, one core each. Given
     `in_this_process(side, argv) -> exit code`, the 1-device runs go through it instead, one after
     the other, while the other runs are processes."""
@@ -43,9 +44,10 @@ def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", mode
             "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1",
             "--precision", precision, "--init-from", str(init), "--logdir", str(workdir / "logs"),
             "--seed", str(seed), *extra]
-    runs = {side: (side, ["--run-name", "parity"]) for side in sides if side != "flax"}
-    for n in flax_devices if "flax" in sides else ():
-        runs["flax" if n == 1 else f"flax on {n} devices"] = ("flax", ["--run-name", f"parity-{n}", "--devices", str(n)])
+    runs = {side: (side, ["--run-name", "parity"]) for side in sides if side == "lightning"}
+    for side, counts in (("flax", flax_devices), ("nnx", nnx_devices)):
+        for n in counts if side in sides else ():
+            runs[side if n == 1 else f"{side} on {n} devices"] = (side, ["--run-name", f"parity-{n}", "--devices", str(n)])
     here = set(sides) if in_this_process else set()
     started = {name: start_train(side, [*argv, *own]) for name, (side, own) in runs.items() if name not in here}
     codes = {name: in_this_process(runs[name][0], [*argv, *runs[name][1]]) for name in sorted(here)}

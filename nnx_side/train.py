@@ -14,7 +14,7 @@ from nnx_side import SIDE
 
 
 def main(argv=None) -> None:
-    launch(SIDE, argv)
+    launch(SIDE, "nnx_side.loop", argv)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,16 @@ MUTATIONS = (
     Mutation("NNX init: truncated He-normal", "nnx_side/models.py",
              'variance_scaling(2.0, "fan_in", "normal")', 'variance_scaling(2.0, "fan_in", "truncated_normal")',
              NNX_MODELS),
+    Mutation("NNX skipped fp16 step: the overflowing update applied", "nnx_side/steps.py",
+             "jnp.where(finite, n, o)", "n",
+             ("tests/test_loss_scaling.py::test_nnx_fp16_overflow_skips_the_step_and_halves_the_scale",)),
+    Mutation("NNX loss scale grows a step late", "nnx_side/loss_scale.py",
+             "grow = self.fin_steps[...] == self.growth_interval",
+             "grow = self.fin_steps[...] == self.growth_interval + 1",
+             ("tests/test_loss_scaling.py::test_nnx_loss_scale_moves_as_linens_dynamic_scale_and_unscales_alike",)),
+    Mutation("NNX evaluation in train mode (batch statistics)", "nnx_side/steps.py",
+             "    model.eval()\n", "",
+             ("tests/test_lockstep.py::test_float64_lockstep_default_recipe",)),
 )
 
 

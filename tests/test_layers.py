@@ -59,6 +59,18 @@ def test_a_layer_imports_only_the_layers_below_it(package):
     assert not wrong, f"imports across the layers: {wrong}"
 
 
+def test_the_nnx_side_runs_the_flax_sides_driver_with_its_own_api(monkeypatch):
+    """What lets tests/helpers/sides.py test a driver-only behaviour once for both Flax sides."""
+    from flax_side import loop
+    from nnx_side import loop as nnx_loop
+    from nnx_side.api import NNX
+
+    called = []
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda config, api: called.append((config, api)))
+    nnx_loop.train_and_evaluate("the config")
+    assert called == [("the config", NNX)] and NNX.side == "nnx"
+
+
 def test_the_rule_sees_a_function_level_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from harness import sweep\n    import jax.numpy as jnp\n")

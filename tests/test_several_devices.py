@@ -63,6 +63,20 @@ def test_flax_on_two_devices_trains_like_on_one(float64_lockstep):
     assert two["val/acc"] == one["val/acc"]
 
 
+@pytest.mark.slow
+def test_nnx_on_two_devices_trains_like_on_one(tmp_path):
+    """The NNX side's state and steps under the same mesh (its Split replicated, the batch split):
+    6 float64 steps on 2 host devices against 1, to the bounds above."""
+    from harness.lockstep import lockstep, relative_differences
+
+    result = lockstep(tmp_path, steps=6, precision="64-true", batch_size=8, sides=("nnx",), nnx_devices=(1, 2))
+    diffs = relative_differences(result, ("nnx", "nnx on 2 devices"))
+    assert diffs["train/loss (worst step)"] <= 1e-6, diffs
+    assert diffs["val/loss"] <= 1e-5 and diffs["test/loss"] <= 1e-5, diffs
+    assert diffs["weights"] <= 1e-6 and diffs["batch statistics"] <= 1e-6, diffs
+    assert [s for s, _ in result["nnx on 2 devices"]["scalars"]["train/loss"]] == list(range(6))
+
+
 def test_too_few_flax_devices_is_a_one_line_error():
     from flax_side.devices import create_mesh
 

@@ -1,8 +1,11 @@
-"""Orbax checkpoints of the flax side, and the weights a run may start from.
+"""Orbax checkpoints of the flax side (and of the NNX side, which shares them), and the weights
+a run may start from.
 
-Layout: logs/flax/<run-name>/version_N/checkpoints/<step>/ with two items,
+Layout: logs/<side>/<run-name>/version_N/checkpoints/<step>/ with two items,
 
-    state/         the pytree {step, params, batch_stats, opt_state, dynamic_scale, rng}
+    state/         the pytree {step, params, batch_stats, opt_state, dynamic_scale, rng}: the
+                   state's checkpoint_items() and the key (params and batch_stats under linen's
+                   names on both APIs; opt_state and dynamic_scale in each API's own form)
     meta/          JSON: epochs completed, that epoch's val metrics, the run's config
     metrics/       Orbax's own copy of {"val/acc", "val/loss", "step"}, which ranks checkpoints
 

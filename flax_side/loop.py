@@ -1,5 +1,5 @@
-"""The flax side's driver, `train_and_evaluate(config) -> TrainState`, in reading order; with
-NNX's API (flax_side/api.py) it drives the NNX side too.
+"""The flax side's driver, `train_and_evaluate(config, api) -> state`, in reading order: linen's
+API by default, NNX's (nnx_side/api.py) for the NNX side; flax_side/api.py says what differs.
 
     precision -> devices -> data -> model and state (fresh, --init-from or --resume)
     -> version folder: logger, hparams.yaml, checkpoints -> steps, compiled before the clock starts

@@ -20,8 +20,10 @@ from common.architectures import CIFAR_ARCHITECTURES, default_image_size
 from common.sides import train_command
 from harness import benchmark
 from harness.benchmark.measurements import WORKERS, data_pipeline, matmul_peak
+from harness.benchmark.nnx_forms import FORMS, measure_form
 from harness.benchmark.profiles import conv_profile, xla_profile
-from harness.benchmark.report import configurations, depth_configurations, depth_table, table
+from harness.benchmark.report import (configurations, depth_configurations, depth_table, nnx_overhead_table,
+                                      table)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPTH_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_here(args)))
     elif args.depth:
         print(depth_table(depth_measurements(args), args))
+    elif args.nnx_overhead:
+        results, steps = nnx_overhead_measurements(args)
+        print(nnx_overhead_table(results, args, steps))
     else:
         print(table(side_by_side(args), args, run_measurement("peak", args)))
     return 0
@@ -61,8 +66,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "both sides, cost per image against depth, peak memory")
     parser.add_argument("--depth-models", nargs="+", default=list(DEPTH_MODELS), metavar="MODEL",
                         help="the models of --depth, shallowest first (default: %(default)s)")
-    parser.add_argument("--worker", choices=[*WORKERS, "data", "peak", "convs", "xla"],
+    parser.add_argument("--nnx-overhead", action="store_true",
+                        help="instead of the table above: the train step of --model (default "
+                             "resnet20) in each form NNX can be jitted in, beside linen's under "
+                             "jax.jit, at --overhead-batch-sizes: ms per step and its ratio to "
+                             "linen's, host time per call, peak memory, time to the first step")
+    parser.add_argument("--overhead-batch-sizes", nargs="+", type=int, default=[8, 32, 128],
+                        metavar="BATCH", help="the batch sizes of --nnx-overhead (default: %(default)s); "
+                                              "--steps is the timed steps in all at the largest, the "
+                                              "smaller get proportionally more, in --windows windows")
+    parser.add_argument("--overhead-forms", nargs="+", choices=list(FORMS), default=list(FORMS),
+                        metavar="FORM", help="the forms of --nnx-overhead, of: %(choices)s "
+                                             "(default: all; linen's is the unit of the ratios)")
+    parser.add_argument("--windows", type=int, default=5,
+                        help="--nnx-overhead: timed windows per measurement, their median reported")
+    parser.add_argument("--worker", choices=[*WORKERS, "data", "peak", "convs", "xla", "nnx-form"],
                         help=argparse.SUPPRESS)
+    parser.add_argument("--form", choices=list(FORMS), help=argparse.SUPPRESS)  # of --worker nnx-form
     args = parser.parse_args(argv)
     if args.image_size is None:
         args.image_size = default_image_size(args.model)
@@ -88,7 +108,8 @@ def worker_argv(name: str, args: argparse.Namespace, devices: int = 1, compile: 
     """This command's flags for one measurement, which main() runs and prints as JSON."""
     return ["--worker", name, "--model", args.model, "--batch-size", str(args.batch_size),
             "--steps", str(args.steps), "--devices", str(devices), "--image-size", str(args.image_size),
-            "--num-workers", str(args.num_workers), "--compile" if compile else "--no-compile"]
+            "--num-workers", str(args.num_workers), "--compile" if compile else "--no-compile",
+            "--windows", str(args.windows), *(["--form", args.form] if args.form else [])]
 
 
 def measure_here(args: argparse.Namespace) -> dict:
@@ -101,6 +122,8 @@ def measure_here(args: argparse.Namespace) -> dict:
         return conv_profile(args.batch_size, args.steps)
     if args.worker == "xla":
         return xla_profile(args.model, args.batch_size, min(args.steps, 5), args.image_size)
+    if args.worker == "nnx-form":  # --steps: the steps of one window
+        return measure_form(args.form, args.model, args.batch_size, args.steps, args.windows, args.image_size)
     return WORKERS[args.worker](args.model, args.batch_size, args.steps, args.devices,
                                 args.compile, image_size=args.image_size)
 
@@ -167,3 +190,21 @@ def depth_measurements(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
         print(f"  {model}: " + ", ".join(f"{c} {r['raw']:,.0f} images/s" for c, r in results[model].items()),
               file=sys.stderr, flush=True)
     return results
+
+
+def nnx_overhead_measurements(args: argparse.Namespace) -> tuple[dict[int, dict[str, dict]], dict[int, int]]:
+    """(batch size -> form -> its measurement, batch size -> timed steps per window). Each form
+    at each batch size in a fresh process; smaller batches get more steps (about the same time
+    each); the forms of one batch size run one after the other, so drift hits them alike."""
+    largest = max(args.overhead_batch_sizes)
+    results: dict[int, dict[str, dict]] = {}
+    steps: dict[int, int] = {}
+    for batch in args.overhead_batch_sizes:
+        steps[batch] = max(1, round(args.steps * largest / batch / args.windows))
+        results[batch] = {}
+        for form in args.overhead_forms:
+            run = argparse.Namespace(**{**vars(args), "batch_size": batch, "steps": steps[batch], "form": form})
+            results[batch][form] = run_measurement("nnx-form", run)
+        print(f"  batch {batch}: " + ", ".join(f"{form} {r['ms']:,.1f} ms" for form, r in results[batch].items()),
+              file=sys.stderr, flush=True)
+    return results, steps

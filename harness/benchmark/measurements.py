@@ -62,43 +62,103 @@ def raw_lightning(model: str, batch: int, steps: int, devices: int, compile: boo
 
 
 
-def flax_step(model: str, batch: int, devices: int, xla_defaults: bool = False, image_size: int = 32):
-    """(compiled train step, state, batch): the train step exactly as train.py compiles it
-    (flax_side/compiled_steps.py), over a synthetic batch already sharded over `devices` devices,
-    with train.py's compiler options or XLA's defaults. JAX is imported here, after XLA_FLAGS is set."""
+# The recipe every flax measurement trains with: train.py's defaults (SGD, momentum 0.9 Nesterov,
+# weight decay 1e-4 on conv and dense kernels) at a constant LR 0.1, fp32, 10 classes.
+LR = 0.1
+NUM_CLASSES = 10
+
+
+def flax_api(api: str):
+    """flax_side.api.LINEN ("flax") or nnx_side.api.NNX ("nnx"): the one place the two differ.
+    Imported here, so that JAX starts after a caller has set XLA_FLAGS."""
+    if api == "flax":
+        from flax_side.api import LINEN
+
+        return LINEN
+    if api == "nnx":
+        from nnx_side.api import NNX
+
+        return NNX
+    raise ValueError(f"unknown flax API {api!r}: flax (linen) or nnx")
+
+
+def new_train_state(api: str, model: str, image_size: int, variables=None):
+    """`api`'s step-0 train state of `model` for the recipe above, as train.py builds it
+    (FlaxApi.new_state): fresh weights from key 0, or `variables` in linen's layout."""
     import jax
-    import numpy as np
     import optax
 
-    from flax_side.compiled_steps import StepSpec, compile_train_step
-    from flax_side.devices import batch_sharding, create_mesh, replicated
-    from flax_side.models import create_model
-    from flax_side.state import create_train_state, initial_variables
+    from common.config import TrainConfig
+    from flax_side.precision import setup_precision
 
-    net = create_model(model, 10)
-    schedule = optax.constant_schedule(0.1)
-    state = create_train_state(net, initial_variables(net, jax.random.key(0), (image_size, image_size, 3)),
-                               schedule=schedule, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                               loss_scaling=False)
-    mesh = create_mesh(devices)
-    state = jax.device_put(state, replicated(mesh))
-    rng = np.random.default_rng(0)
-    data = jax.device_put((rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
-                           rng.integers(0, 10, batch).astype(np.int32)), batch_sharding(mesh))
-    spec = StepSpec(model=model, batch_size=batch, image_shape=(image_size, image_size, 3),
+    config = TrainConfig(model=model, precision="32", lr=LR)
+    return flax_api(api).new_state(config, NUM_CLASSES, (image_size, image_size, 3), setup_precision(config),
+                                   optax.constant_schedule(LR), jax.random.key(0), variables)
+
+
+def step_spec(model: str, batch: int, image_size: int):
+    """What the steps are compiled for besides the state (flax_side/compiled_steps.py)."""
+    import numpy as np
+
+    from flax_side.compiled_steps import StepSpec
+
+    return StepSpec(model=model, batch_size=batch, image_shape=(image_size, image_size, 3),
                     mean=np.full(3, 127.0), std=np.full(3, 64.0))
-    step = compile_train_step(state, schedule, spec, mesh, compiler_options={} if xla_defaults else None)
+
+
+def synthetic_batch(batch: int, image_size: int, mesh):
+    """(uint8 images, int32 labels), drawn from seed 0 and put on the devices, split along `mesh`."""
+    import jax
+    import numpy as np
+
+    from flax_side.devices import batch_sharding
+
+    rng = np.random.default_rng(0)
+    return jax.device_put((rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+                           rng.integers(0, NUM_CLASSES, batch).astype(np.int32)), batch_sharding(mesh))
+
+
+def compiled_step(api: str, state, spec, mesh, compiler_options: dict | None = None):
+    """`api`'s train step exactly as train.py compiles it (flax_side/compiled_steps.py): over
+    `state` (donated), for `spec`'s batch, with train.py's compiler options (None) or these."""
+    import optax
+
+    from flax_side.compiled_steps import compile_train_step
+
+    return compile_train_step(state, optax.constant_schedule(LR), spec, mesh, compiler_options,
+                              step=flax_api(api).train_step)
+
+
+def flax_step(model: str, batch: int, devices: int, xla_defaults: bool = False, image_size: int = 32,
+              api: str = "flax"):
+    """(compiled train step, state, batch): the train step of `api` (linen: "flax", or "nnx")
+    exactly as train.py compiles it (flax_side/compiled_steps.py), over a synthetic batch already
+    sharded over `devices` devices, with train.py's compiler options or XLA's defaults. JAX is
+    imported here, after XLA_FLAGS is set."""
+    import jax
+
+    from flax_side.devices import create_mesh, replicated
+
+    mesh = create_mesh(devices)
+    state = jax.device_put(new_train_state(api, model, image_size), replicated(mesh))
+    data = synthetic_batch(batch, image_size, mesh)
+    step = compiled_step(api, state, step_spec(model, batch, image_size), mesh,
+                         compiler_options={} if xla_defaults else None)
     return step, state, data
 
+
 def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = False,
-             xla_defaults: bool = False, image_size: int = 32) -> dict:
+             xla_defaults: bool = False, image_size: int = 32, api: str = "flax") -> dict:
+    """The raw step of `api` (linen: "flax", or "nnx"): the one worker of both flax columns."""
     if devices > 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={devices}")
     start = time.perf_counter()
-    compiled, state, data = flax_step(model, batch, devices, xla_defaults, image_size)
+    compiled, state, data = flax_step(model, batch, devices, xla_defaults, image_size, api)
     compile_seconds = time.perf_counter() - start
     import jax
+
+    from flax_side.devices import peak_memory_mb
 
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -112,10 +172,8 @@ def raw_flax(model: str, batch: int, steps: int, devices: int, compile: bool = F
     for _ in range(steps):
         state, _ = compiled(state, data)
     jax.block_until_ready(state)
-    stats = jax.local_devices()[0].memory_stats() or {}
     return {"raw": steps * batch / (time.perf_counter() - start), "first_step": first,
-            "compile_s": compile_seconds,
-            "peak_mb": stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else host_peak_memory_mb(),
+            "compile_s": compile_seconds, "peak_mb": peak_memory_mb(),
             # XLA counts the FLOPs of one device's share of the sharded program.
             "flops_per_image": float(cost.get("flops", float("nan"))) * devices / batch}
 
@@ -178,4 +236,5 @@ def matmul_peak() -> dict:
     return {"torch": torch_gflops, "xla": xla_gflops}
 
 WORKERS = {"raw-lightning": raw_lightning, "raw-flax": raw_flax,
+           "raw-nnx": functools.partial(raw_flax, api="nnx"),
            "raw-flax-xla-defaults": functools.partial(raw_flax, xla_defaults=True)}

@@ -11,6 +11,7 @@ forward pass of `model.train()`, and `nnx.value_and_grad` carries the update out
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -23,6 +24,13 @@ from flax_side.steps import Batch, cross_entropy, masked_sums, normalise
 from nnx_side.state import Split
 
 
+def mean_loss(model: nnx.Module, *, x: jax.Array, labels: jax.Array,
+              label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+    """(the batch's mean loss, the logits): what the step differentiates with respect to `model`."""
+    logits = model(x)
+    return cross_entropy(logits, labels, label_smoothing).mean(), logits
+
+
 def train_step(split: Split, batch: Batch, *, mean: np.ndarray, std: np.ndarray, input_dtype: Any,
                label_smoothing: float, schedule: optax.Schedule) -> tuple[Split, dict[str, jax.Array]]:
     state = split.merge()
@@ -30,11 +38,7 @@ def train_step(split: Split, batch: Batch, *, mean: np.ndarray, std: np.ndarray,
     images, labels = batch
     x = normalise(images, mean, std, input_dtype)
     model.train()
-
-    def loss_fn(model):
-        logits = model(x)
-        return cross_entropy(logits, labels, label_smoothing).mean(), logits
-
+    loss_fn = functools.partial(mean_loss, x=x, labels=labels, label_smoothing=label_smoothing)
     metrics = {"lr": state.learning_rate(schedule)}  # the LR of this update, before it advances
     if state.loss_scale is not None:
         before = nnx.as_pure(nnx.state((model, optimizer)))

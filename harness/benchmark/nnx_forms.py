@@ -62,16 +62,13 @@ def nnx_step(model, optimizer, batch, *, mean, std, input_dtype, label_smoothing
     import jax.numpy as jnp
     from flax import nnx
 
-    from flax_side.steps import cross_entropy, normalise
+    from flax_side.steps import normalise
+    from nnx_side.steps import mean_loss
 
     images, labels = batch
     x = normalise(images, mean, std, input_dtype)
     model.train()
-
-    def loss_fn(model):
-        logits = model(x)
-        return cross_entropy(logits, labels, label_smoothing).mean(), logits
-
+    loss_fn = functools.partial(mean_loss, x=x, labels=labels, label_smoothing=label_smoothing)
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
     return {"loss": loss, "acc": jnp.mean(jnp.argmax(logits, -1) == labels)}

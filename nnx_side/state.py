@@ -13,8 +13,8 @@ step; a skipped step does not advance it).
 Why `Split`: `nnx.jit` walks the object graph in Python at every call (about 20 ms a call for
 resnet20 on a 2-core CPU: docs/speed.md, "What NNX costs"). Flax's performance guide
 gives the way out, used here: `nnx.split` once, `jax.jit` a function that `nnx.merge`s, runs NNX
-code on the stateful objects, and returns `nnx.split`'s state again. `Split` is that (graphdef,
-state) pair as one pytree, so the flax side's epoch loop, evaluation and Orbax checkpoints carry
+code on the stateful objects, and returns the split state again. `Split` is that (graphdef,
+state) pair as one pytree, its state plain arrays, so the flax side's epoch loop, evaluation and Orbax checkpoints carry
 it as they carry linen's TrainState: both give `.step` and the checkpoint items
 {step, params, batch_stats, opt_state, dynamic_scale} (params and batch_stats under linen's
 names, so --init-from reads either side's checkpoints).
@@ -62,22 +62,27 @@ def _pure(state: Any) -> Any:
 
 @struct.dataclass
 class Split:
-    """`nnx.split(train_state)` as one pytree: the graph static, the arrays its leaves."""
+    """`nnx.split(train_state)` as one pytree: the graph static, its state's plain arrays the
+    leaves. Plain arrays (`nnx.as_pure`), not the `nnx.Variable`s `nnx.split` gives: jax.jit
+    flattens the state at every call and builds it again from the outputs, and for resnet20
+    that took 1.8 ms with Variables against 0.09 ms with arrays (docs/speed.md, "What NNX
+    costs"); `merge` gives the Variables back, from the graph's record of them."""
 
     graphdef: Any = struct.field(pytree_node=False)
     state: nnx.State
 
     @classmethod
     def of(cls, train_state: TrainState) -> "Split":
-        return cls(*nnx.split(train_state))
+        graphdef, state = nnx.split(train_state)
+        return cls(graphdef, nnx.as_pure(state))
 
     def merge(self) -> TrainState:
-        # copy=True: new Variables, so that changing the merged object leaves this Split as it was
-        return nnx.merge(self.graphdef, self.state, copy=True)
+        # New Variables around these arrays: changing the merged object leaves this Split as it was.
+        return nnx.merge(self.graphdef, self.state)
 
     @property
     def step(self) -> jax.Array:
-        return self.state["step"].get_value()
+        return self.state["step"]
 
     def checkpoint_items(self) -> dict[str, Any]:
         """What a checkpoint holds, in the linen side's layout (flax_side/checkpoint.py)."""

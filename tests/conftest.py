@@ -3,14 +3,12 @@ the float64 lockstep, the stopped and continued sweep."""
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 import pytest
 
 from common.sides import SIDES
-from harness.processes import finish, start_train
 from tests.helpers.in_process import run_main
 from tests.helpers.reference import REFERENCE_ARGV, ReferenceRun
 from tests.helpers.sweep import StoppedSweep, stop_then_continue
@@ -46,23 +44,25 @@ def no_compilation_cache():
 
 @pytest.fixture(scope="session")
 def reference_runs(tmp_path_factory) -> dict[str, ReferenceRun]:
-    """side -> its finished reference run, both started together (each mostly waits on its
-    imports). Read it, or copy_to() a folder of the test's own: never write into it."""
+    """side -> its finished reference run, each run in this process, whose imports are done (a
+    train.py process spends about 10 s of a core on them): 29 s for the three against 53 s as
+    three processes side by side on 2 cores. Read it, or copy_to() a folder of the test's own:
+    never write into it."""
     logdir = tmp_path_factory.mktemp("reference")
-    done = finish({side: start_train(side, [*REFERENCE_ARGV, "--logdir", str(logdir)], stdout=subprocess.PIPE)
-                   for side in SIDES})
-    for side, run in done.items():
-        assert run.returncode == 0, f"the {side} reference run failed: {run.stderr[-3000:]}"
-    return {side: ReferenceRun(side, logdir, run.stdout) for side, run in done.items()}
+    runs = {}
+    for side in SIDES:
+        done = run_main(side, [*REFERENCE_ARGV, "--logdir", str(logdir)])
+        assert done.returncode == 0, f"the {side} reference run failed: {done.stderr[-3000:]}"
+        runs[side] = ReferenceRun(side, logdir, done.stdout)
+    return runs
 
 
 @pytest.fixture(scope="session")
 def float64_lockstep(tmp_path_factory) -> dict:
     """harness/lockstep.py's lockstep of the default recipe in float64, 10 steps of 8 images from one
-    init (XLA's float64 convolutions are slow on a CPU; 4 a device on two): the Lightning side,
-    the flax side, the NNX side, and the flax side on two host devices. The first three run in this process,
-    whose imports are done (a train.py process spends about 10 s of a core on them), while the
-    third runs as a process (its host devices must be set before JAX starts)."""
+    init (XLA's float64 convolutions are slow on a CPU), each side run in this process: the
+    Lightning side, the flax side and the NNX side. (Two host devices need a process of their
+    own, set before JAX starts: test_several_devices.py runs them in the slow suite.)"""
     import jax
 
     from harness.lockstep import lockstep
@@ -74,7 +74,7 @@ def float64_lockstep(tmp_path_factory) -> dict:
 
     try:
         return lockstep(tmp_path_factory.mktemp("lockstep"), steps=10, precision="64-true", batch_size=8,
-                        flax_devices=(1, 2), in_this_process=in_this_process, sides=SIDES)
+                        in_this_process=in_this_process, sides=SIDES)
     finally:
         jax.config.update("jax_enable_x64", False)  # the flax side's 64-true turned it on
 

@@ -1,6 +1,6 @@
 """Several devices and processes train like one.
 
-- Flax on two host devices against one: the float64 lockstep's 10 steps (tests/conftest.py).
+- Flax (linen and NNX) on two host devices against one: 8 float64 lockstep steps (slow).
 - Lightning's GlobalBatchNorm2d: two gloo ranks, each with half a batch, behave as one
   BatchNorm2d on all of it.
 - Whole runs of several processes (slow): Lightning DDP (gloo) and JAX multi-process (CPU
@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from common.errors import TrainingError
-from tests.helpers.sides import DRIVERS
+from tests.helpers.sides import DRIVERS, FLAX_SIDES
 from harness.lockstep import final_weights
 from harness.processes import finish
 from lightning_side.sync_batchnorm import GlobalBatchNorm2d, GlobalBatchNormSync
@@ -48,33 +48,24 @@ def free_port() -> int:
 
 # --------------------------------------------------------------------------- flax on host devices
 
-def test_flax_on_two_devices_trains_like_on_one(float64_lockstep):
-    """Data parallel over 2 host devices, against one device: the float64 lockstep's 10 steps
-    (harness/lockstep.py) to the tolerances that hold the two sides together. A mean of per-device
-    gradients or BatchNorm statistics taken over half the batch shows at 1e-3 and more."""
-    from harness.lockstep import relative_differences
-
-    diffs = relative_differences(float64_lockstep, ("flax", "flax on 2 devices"))
-    assert diffs["train/loss (worst step)"] <= 1e-6, diffs
-    assert diffs["val/loss"] <= 1e-5 and diffs["test/loss"] <= 1e-5, diffs
-    assert diffs["weights"] <= 1e-6 and diffs["batch statistics"] <= 1e-6, diffs
-    one, two = (float64_lockstep[name]["scalars"] for name in ("flax", "flax on 2 devices"))
-    assert [s for s, _ in two["train/loss"]] == list(range(10))
-    assert two["val/acc"] == one["val/acc"]
-
-
-@pytest.mark.slow
-def test_nnx_on_two_devices_trains_like_on_one(tmp_path):
-    """The NNX side's state and steps under the same mesh (its Split replicated, the batch split):
-    6 float64 steps on 2 host devices against 1, to the bounds above."""
+@pytest.mark.slow  # two processes: host devices are set before JAX starts
+@pytest.mark.parametrize("side", FLAX_SIDES)
+def test_on_two_devices_it_trains_like_on_one(tmp_path, side):
+    """Data parallel over 2 host devices (the state replicated, the batch split over the mesh),
+    against one device: 8 float64 steps of the lockstep (harness/lockstep.py) to the tolerances
+    that hold the sides together. A mean of per-device gradients or BatchNorm statistics taken
+    over half the batch shows at 1e-3 and more."""
     from harness.lockstep import lockstep, relative_differences
 
-    result = lockstep(tmp_path, steps=6, precision="64-true", batch_size=8, sides=("nnx",), nnx_devices=(1, 2))
-    diffs = relative_differences(result, ("nnx", "nnx on 2 devices"))
+    result = lockstep(tmp_path, steps=8, precision="64-true", batch_size=8, sides=(side,),
+                      **{f"{side}_devices": (1, 2)})
+    one, two = side, f"{side} on 2 devices"
+    diffs = relative_differences(result, (one, two))
     assert diffs["train/loss (worst step)"] <= 1e-6, diffs
     assert diffs["val/loss"] <= 1e-5 and diffs["test/loss"] <= 1e-5, diffs
     assert diffs["weights"] <= 1e-6 and diffs["batch statistics"] <= 1e-6, diffs
-    assert [s for s, _ in result["nnx on 2 devices"]["scalars"]["train/loss"]] == list(range(6))
+    assert [s for s, _ in result[two]["scalars"]["train/loss"]] == list(range(8))
+    assert result[two]["scalars"]["val/acc"] == result[one]["scalars"]["val/acc"]
 
 
 def test_too_few_flax_devices_is_a_one_line_error():

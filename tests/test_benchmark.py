@@ -121,6 +121,7 @@ def tiny_resnet(monkeypatch):
     monkeypatch.setattr(measurements, "new_train_state", new_train_state)
 
 
+@pytest.mark.slow  # six forms, each compiled (7 s): a tool's test, beside the benchmark's own
 def test_every_form_of_the_nnx_step_computes_the_trainers_step(tiny_resnet):
     """From one NNX state and one batch, two steps under each form (nnx.jit in graph and tree
     mode, cached_partial, jit_partial) give the losses, the parameters and the BatchNorm
@@ -155,6 +156,7 @@ def test_every_form_of_the_nnx_step_computes_the_trainers_step(tiny_resnet):
                                        err_msg=f"{form}: {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow
 def test_nnx_overhead_prints_its_table(capsys, tiny_resnet, measurements_in_this_process):
     assert main(["--nnx-overhead", "--model", TINY, "--image-size", "8", "--overhead-batch-sizes", "2", "4",
                  "--overhead-forms", "linen", "nnx-jit", "--steps", "2", "--windows", "2"]) == 0

@@ -14,10 +14,10 @@ Why `Split`: `nnx.jit` walks the object graph in Python at every call (about 20 
 resnet20 on a 2-core CPU: docs/speed.md, "What NNX costs"). Flax's performance guide
 gives the way out, used here: `nnx.split` once, `jax.jit` a function that `nnx.merge`s, runs NNX
 code on the stateful objects, and returns the split state again. `Split` is that (graphdef,
-state) pair as one pytree, its state plain arrays, so the flax side's epoch loop, evaluation and Orbax checkpoints carry
-it as they carry linen's TrainState: both give `.step` and the checkpoint items
-{step, params, batch_stats, opt_state, dynamic_scale} (params and batch_stats under linen's
-names, so --init-from reads either side's checkpoints).
+state) pair as one pytree, its state plain arrays, so the flax side's epoch loop, evaluation
+and Orbax checkpoints carry it as they carry linen's TrainState: both give `.step` and the
+checkpoint items {step, params, batch_stats, opt_state, dynamic_scale} (params and batch_stats
+under linen's names, so --init-from reads either side's checkpoints).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""XLA options for the jitted steps: on a CPU, the deep CIFAR ResNets compile without XLA's fusion pass.
+"""XLA options for what the Flax sides compile: on a CPU, the deep CIFAR ResNets' steps compile
+without XLA's fusion pass, and the initialiser at LLVM's -O1.
 
 XLA:CPU's element-wise "fusion" pass duplicates the cheap forward chain relu(bn(conv) + residual)
 into every backward fusion that reads a block's output, back to the start of the stage: the
@@ -44,3 +45,27 @@ def step_compiler_options(model: str, backend: str | None = None) -> dict[str, s
     if shortcut != "A" or blocks < MIN_BLOCKS_PER_STAGE:
         return {}
     return dict(CPU_STEP_OPTIONS)
+
+
+# The initialiser runs once, and at LLVM's default -O2 most of its compilation goes to the
+# threefry kernels of its random draws, one per parameter tensor: resnet20's took about 8 s on a
+# 2-core CPU, 3.7 s at -O1, with the same weights bit for bit (-O0 changes the last bit of 4% of
+# them). tests/test_precision_and_compile.py::test_the_initialisers_options_draw_xlas_default_weights
+# holds it.
+CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def init_compiler_options(rng: jax.Array, backend: str | None = None) -> dict[str, int]:
+    """`compiler_options` for `jax.jit` of a model's initialisation from `rng` on `backend`
+    (default: JAX's default backend). A user's XLA_FLAGS naming the level win.
+
+    None while `rng` is a tracer: the initialiser is then being traced inside another
+    transformation (loop.create_state's `jax.eval_shape`, for --resume and --init-from), where
+    nothing compiles and JAX refuses options on a nested jit."""
+    if isinstance(rng, jax.core.Tracer):
+        return {}
+    if (backend or jax.default_backend()) != "cpu":
+        return {}
+    if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return dict(CPU_INIT_OPTIONS)

@@ -24,6 +24,8 @@ from flax import struct
 from flax.training import train_state
 from flax.training.dynamic_scale import DynamicScale
 
+from flax_side.compiler_options import init_compiler_options
+
 
 class TrainState(train_state.TrainState):
     batch_stats: Any
@@ -60,7 +62,9 @@ def create_optimizer(schedule: optax.Schedule, *, momentum: float, nesterov: boo
 
 def initial_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, ...]) -> dict:
     """Fresh {"params", "batch_stats"} for images of `image_shape` (H, W, C)."""
-    variables = jax.jit(lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32), train=False))(rng)
+    init = jax.jit(lambda r: model.init(r, jnp.zeros((1, *image_shape), jnp.float32), train=False),
+                   compiler_options=init_compiler_options(rng))
+    variables = init(rng)
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 

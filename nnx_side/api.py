@@ -10,6 +10,7 @@ from flax import nnx
 
 from common.config import TrainConfig
 from flax_side.api import FlaxApi
+from flax_side.compiler_options import init_compiler_options
 from flax_side.precision import Precision
 from nnx_side import SIDE, steps
 from nnx_side.convert import linen_to_nnx
@@ -29,9 +30,9 @@ def new_nnx_state(config: TrainConfig, num_classes: int, image_shape: tuple[int,
                                   nesterov=config.nesterov, weight_decay=config.weight_decay,
                                   loss_scaling=precision.loss_scaling)
 
-    # One compiled program, as linen's init: built op by op, NNX's init would compile every
-    # initialiser of every layer shape on its own (35 s for resnet20 on a CPU).
-    return jax.jit(build)(rng, variables)
+    # One compiled program, as linen's init, with its compiler options: built op by op, NNX's init
+    # would compile every initialiser of every layer shape on its own (35 s for resnet20 on a CPU).
+    return jax.jit(build, compiler_options=init_compiler_options(rng))(rng, variables)
 
 
 NNX = FlaxApi(SIDE, new_nnx_state, steps.train_step, steps.eval_step)

@@ -12,12 +12,14 @@ import optax
 import pytest
 import torch
 
-from flax_side.compiler_options import CPU_STEP_OPTIONS, step_compiler_options
+from flax_side.compiler_options import (CPU_INIT_OPTIONS, CPU_STEP_OPTIONS, init_compiler_options,
+                                        step_compiler_options)
 from flax_side.models import create_model
 from flax_side.state import create_train_state, initial_variables
 from flax_side.steps import train_step
 from harness.processes import finish, start_train
 from lightning_side.train import lightning_precision
+from tests.helpers.sides import FLAX_SIDES
 
 QUICK = ["--dataset", "digits", "--batch-size", "32", "--limit-train-batches", "3",
          "--limit-val-batches", "2", "--limit-test-batches", "2", "--num-workers", "2"]
@@ -64,6 +66,46 @@ def test_only_the_cifar_resnets_on_a_cpu_and_a_users_xla_flags_win(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=")  # the user asks for XLA's defaults
     assert step_compiler_options("resnet56", "cpu") == {}
 
+
+
+def test_the_initialiser_compiles_at_o1_on_a_cpu_only_and_a_users_xla_flags_win(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    key = jax.random.key(0)
+    assert init_compiler_options(key, "cpu") == CPU_INIT_OPTIONS == {"xla_backend_optimization_level": 1}
+    assert init_compiler_options(key, "gpu") == {}
+    traced = []  # inside jax.eval_shape nothing compiles, and a nested jit may carry no options
+    jax.eval_shape(lambda k: traced.append(init_compiler_options(k, "cpu")), key)
+    assert traced == [{}]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    assert init_compiler_options(key, "cpu") == {}
+
+
+@pytest.mark.parametrize("side", FLAX_SIDES)
+def test_the_initialisers_options_draw_xlas_default_weights(side, monkeypatch):
+    """The options are for compile time only: a state built with them holds, bit for bit, the
+    weights and statistics that XLA's default options draw (at -O0 the last bit of some differ).
+    The smallest CIFAR ResNet (a conv, its BatchNorm, the classifier), so that both compilations
+    stay short: its -O0 draws differ too."""
+    from common.architectures import CIFAR_ARCHITECTURES
+    from flax_side import compiler_options
+    from harness.benchmark import measurements
+
+    monkeypatch.setitem(CIFAR_ARCHITECTURES, "resnet2", ((8,), 0, "A"))
+
+    def drawn():
+        items = measurements.new_train_state(side, "resnet2", 8).checkpoint_items()
+        return jax.device_get({"params": items["params"], "batch_stats": items["batch_stats"]})
+
+    with_options = drawn()
+    # --resume and --init-from trace the same initialiser for its shapes (loop.create_state)
+    abstract = jax.eval_shape(lambda: measurements.new_train_state(side, "resnet2", 8).checkpoint_items())
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), {k: abstract[k] for k in with_options}) == \
+        jax.tree.map(lambda x: (x.shape, x.dtype), with_options)
+    monkeypatch.setattr(compiler_options, "CPU_INIT_OPTIONS", {})
+    defaults = drawn()
+    assert jax.tree.structure(with_options) == jax.tree.structure(defaults)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(with_options), jax.tree.leaves(defaults)):
+        assert np.array_equal(a, b), jax.tree_util.keystr(path)
 
 def _relus_in_compiled_step(model_name, options):
     """ReLUs (`maximum` ops) XLA computes in one compiled train step, as train.py compiles it."""

@@ -9,6 +9,9 @@ SIDES = ("lightning", "flax", "nnx")
 # What the tools (harness.sweep, harness.compare) run and compare unless --sides says otherwise:
 # Lightning against Flax as linen writes it, the comparison the harness was built for.
 DEFAULT_SIDES = ("lightning", "flax")
+# The sides that flax_side's driver runs (flax_side/api.py: linen's and NNX's state and steps):
+# Orbax checkpoints, jax.sharding over host devices.
+FLAX_SIDES = ("flax", "nnx")
 # How --help and the docs name each side.
 TITLES = {"lightning": "PyTorch Lightning", "flax": "Flax linen", "nnx": "Flax NNX"}
 

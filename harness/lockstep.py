@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -18,24 +19,29 @@ import torch
 from lightning_side.models import create_model
 from harness.processes import finish, start_train
 from harness.events import scalars
-from common.sides import DEFAULT_SIDES, SIDES
+from harness.verdicts import judged_pairs
+from common.sides import DEFAULT_SIDES, FLAX_SIDES, SIDES
 
 
 
 def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", model: str = "resnet20",
              extra: list[str] = (), seed: int = 0, data: list[str] = ("--dataset", "digits"),
-             batch_size: int = 32, flax_devices: tuple[int, ...] = (1,), in_this_process=None,
-             sides: tuple[str, ...] = DEFAULT_SIDES, nnx_devices: tuple[int, ...] = (1,)) -> dict:
+             batch_size: int = 32, sides: tuple[str, ...] = DEFAULT_SIDES,
+             devices: Mapping[str, tuple[int, ...]] | None = None, in_this_process=None) -> dict:
     """Train `sides` (Lightning among them) `steps` optimizer steps (one epoch of `steps` batches)
     from one init: the Lightning side's fresh model for `seed` (for resnet18/34/50, torchvision's
     own), which every side converts from its state_dict (--init-from).
 
-    The flax side trains once per entry of `flax_devices` (host devices, data parallel), the NNX
-    side once per entry of `nnx_devices`; a run on n > 1 devices is keyed "flax on n devices"
-    ("nnx on n devices"). The runs are started together as processes: each
+    A Flax side (flax, nnx) trains once per entry of `devices[side]`, host device counts (data
+    parallel; one run on 1 device where it is not named); a run on n > 1 devices is keyed
+    "<side> on n devices", as "flax on 2 devices". The runs are started together as processes: each
     spends much of its time in imports and XLA's compiler, one core each. Given
     `in_this_process(side, argv) -> exit code`, the 1-device runs go through it instead, one after
     the other, while the other runs are processes."""
+    devices = dict(devices or {})
+    if set(devices) - (set(sides) & set(FLAX_SIDES)):
+        raise ValueError(f"devices names {sorted(devices)}: only the Flax sides among {list(sides)} "
+                         "take host devices")
     workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     init = workdir / "init.pt"
@@ -44,9 +50,12 @@ def lockstep(workdir: Path, *, steps: int = 10, precision: str = "64-true", mode
             "--limit-train-batches", str(steps), "--limit-val-batches", "2", "--limit-test-batches", "2", "--log-every", "1",
             "--precision", precision, "--init-from", str(init), "--logdir", str(workdir / "logs"),
             "--seed", str(seed), *extra]
-    runs = {side: (side, ["--run-name", "parity"]) for side in sides if side == "lightning"}
-    for side, counts in (("flax", flax_devices), ("nnx", nnx_devices)):
-        for n in counts if side in sides else ():
+    runs = {}
+    for side in sides:
+        if side not in FLAX_SIDES:
+            runs[side] = (side, ["--run-name", "parity"])
+            continue
+        for n in devices.get(side, (1,)):
             runs[side if n == 1 else f"{side} on {n} devices"] = (side, ["--run-name", f"parity-{n}", "--devices", str(n)])
     here = set(sides) if in_this_process else set()
     started = {name: start_train(side, [*argv, *own]) for name, (side, own) in runs.items() if name not in here}
@@ -114,13 +123,13 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--workdir", type=Path, default=Path("logs/parity"))
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(DEFAULT_SIDES),
-                        help="the sides to train; every other side is compared with the first (default: %(default)s)")
+                        help="the sides to train, Lightning always among them; each is compared with Lightning, and NNX "
+                             "with linen too (default: %(default)s)")
     args, extra = parser.parse_known_args()
     sides = ["lightning", *(s for s in args.sides if s != "lightning")]
     result = lockstep(args.workdir, steps=args.steps, precision=args.precision, model=args.model, extra=extra,
                       sides=tuple(sides))
-    pairs = [(sides[0], side) for side in sides[1:]] + ([("flax", "nnx")] if {"flax", "nnx"} <= set(sides) else [])
-    for pair in pairs:
+    for pair in judged_pairs(sides):  # each side against Lightning, NNX against linen too
         print(f"{pair[1]} against {pair[0]}:")
         for name, value in relative_differences(result, pair).items():
             print(f"{name:>24}: {value:.2e}")

@@ -58,7 +58,7 @@ def test_on_two_devices_it_trains_like_on_one(tmp_path, side):
     from harness.lockstep import lockstep, relative_differences
 
     result = lockstep(tmp_path, steps=8, precision="64-true", batch_size=8, sides=(side,),
-                      **{f"{side}_devices": (1, 2)})
+                      devices={side: (1, 2)})
     one, two = side, f"{side} on 2 devices"
     diffs = relative_differences(result, (one, two))
     assert diffs["train/loss (worst step)"] <= 1e-6, diffs
@@ -66,6 +66,16 @@ def test_on_two_devices_it_trains_like_on_one(tmp_path, side):
     assert diffs["weights"] <= 1e-6 and diffs["batch statistics"] <= 1e-6, diffs
     assert [s for s, _ in result[two]["scalars"]["train/loss"]] == list(range(8))
     assert result[two]["scalars"]["val/acc"] == result[one]["scalars"]["val/acc"]
+
+
+def test_the_lockstep_gives_host_devices_to_the_flax_sides_it_runs_only(tmp_path):
+    """A count for Lightning, or for a side left out of `sides`, would be dropped without a word."""
+    from harness.lockstep import lockstep
+
+    for devices in ({"lightning": (2,)}, {"nnx": (1, 2)}):
+        with pytest.raises(ValueError, match="only the Flax sides among"):
+            lockstep(tmp_path / "runs", sides=("lightning", "flax"), devices=devices)
+    assert not (tmp_path / "runs").exists()  # refused before anything ran
 
 
 def test_too_few_flax_devices_is_a_one_line_error():

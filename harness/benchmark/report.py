@@ -10,7 +10,7 @@ import os
 import platform
 from pathlib import Path
 
-from common.sides import SIDES
+from common.sides import FLAX_SIDES, SIDES
 
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, str, int, bool]]:
@@ -19,7 +19,7 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, str, int, bool]]
     columns = [("lightning", "lightning", 1, False)]
     if args.compile:
         columns.append(("lightning + torch.compile", "lightning", 1, True))
-    for side in ("flax", "nnx"):
+    for side in FLAX_SIDES:
         columns.append((side, side, 1, False))
         if args.devices > 1:
             columns.append((f"{side}, {args.devices} devices", side, args.devices, False))

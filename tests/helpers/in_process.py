@@ -15,7 +15,7 @@ from typing import Sequence
 
 import pytest
 
-from common.sides import train_command
+from common.sides import FLAX_SIDES, train_command
 
 # The function each side's main() hands the parsed flags to: what a test wraps to add Lightning
 # callbacks or to keep what the run returned.
@@ -57,7 +57,7 @@ def run_main(side: str, argv: Sequence[str], *, callbacks: Sequence = ()) -> InP
         keep_process_hooks(monkeypatch)
         if side == "lightning":
             lightning_logs_to(sys.stderr, monkeypatch)
-        if side in ("flax", "nnx"):  # NNX's main is the flax side's (flax_side/train.py's launch)
+        if side in FLAX_SIDES:  # NNX's main is the flax side's (flax_side/train.py's launch)
             flax_script = importlib.import_module("flax_side.train")
             monkeypatch.setattr(flax_script, "leave_at_once", exit_by_system_exit(flax_script.leave_at_once))
         monkeypatch.setattr(driver_module, name, recorded)

@@ -8,9 +8,8 @@ own code -- its steps and metrics, optimizer, loss scale, checkpoint items, weig
 --help -- is tested on every side, SIDES. test_layers.py holds the NNX side to that driver.
 """
 
-from common.sides import SIDES
+from common.sides import FLAX_SIDES, SIDES
 
 DRIVERS = ("lightning", "flax")
-FLAX_SIDES = ("flax", "nnx")  # the sides of flax_side's driver: Orbax checkpoints, jax.sharding
 
 __all__ = ["DRIVERS", "FLAX_SIDES", "SIDES"]

@@ -1,5 +1,5 @@
 """XLA options for what the Flax sides compile: on a CPU, the deep CIFAR ResNets' steps compile
-without XLA's fusion pass, and the initialiser at LLVM's -O1.
+without XLA's fusion pass, and the initialiser at XLA's backend optimisation level 1.
 
 XLA:CPU's element-wise "fusion" pass duplicates the cheap forward chain relu(bn(conv) + residual)
 into every backward fusion that reads a block's output, back to the start of the stage: the
@@ -47,10 +47,11 @@ def step_compiler_options(model: str, backend: str | None = None) -> dict[str, s
     return dict(CPU_STEP_OPTIONS)
 
 
-# The initialiser runs once, and at LLVM's default -O2 most of its compilation goes to the
-# threefry kernels of its random draws, one per parameter tensor: resnet20's took about 8 s on a
-# 2-core CPU, 3.7 s at -O1, with the same weights bit for bit (-O0 changes the last bit of 4% of
-# them). tests/test_precision_and_compile.py::test_the_initialisers_options_draw_xlas_default_weights
+# The initialiser runs once, and at XLA's default backend level (3) most of its compilation goes
+# to the threefry kernels of its random draws, one per parameter tensor: resnet20's took 7-9 s on
+# a 2-core CPU, 3.7-4.6 s at level 1 (level 2 about the same), with the same weights bit for bit
+# (level 0 changes the last bit of 4% of them).
+# tests/test_precision_and_compile.py::test_the_initialisers_options_draw_xlas_default_weights
 # holds it.
 CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 1}
 

@@ -83,9 +83,9 @@ def test_the_initialiser_compiles_at_o1_on_a_cpu_only_and_a_users_xla_flags_win(
 @pytest.mark.parametrize("side", FLAX_SIDES)
 def test_the_initialisers_options_draw_xlas_default_weights(side, monkeypatch):
     """The options are for compile time only: a state built with them holds, bit for bit, the
-    weights and statistics that XLA's default options draw (at -O0 the last bit of some differ).
+    weights and statistics that XLA's default options draw (at level 0 the last bit of some differ).
     The smallest CIFAR ResNet (a conv, its BatchNorm, the classifier), so that both compilations
-    stay short: its -O0 draws differ too."""
+    stay short: its level-0 draws differ too."""
     from common.architectures import CIFAR_ARCHITECTURES
     from flax_side import compiler_options
     from harness.benchmark import measurements
